@@ -1,0 +1,208 @@
+//! The HTTP API: each capability contributes a router, merged here under `/api/v1`, with the
+//! OpenAPI document generated from the same route definitions.
+
+pub mod extract;
+pub mod problem;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::company::Companies;
+use crate::db::Database;
+use crate::idempotency::StoredResponse;
+use crate::ledger::Ledger;
+use problem::{Problem, UnexpectedError};
+
+/// Largest request body: a full batch of entries (10,000 entries of a few lines) fits.
+pub const REQUEST_BODY_BYTES_MAX: usize = 32 * 1024 * 1024;
+
+/// A request that takes longer than this is answered with 503 and its transaction rolled back.
+const REQUEST_DURATION_MAX: Duration = Duration::from_secs(60);
+
+/// Default and largest page sizes for list endpoints.
+pub const PAGE_SIZE_DEFAULT: u32 = 100;
+pub const PAGE_SIZE_MAX: u32 = 500;
+
+const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub db: Database,
+    pub companies: Arc<Companies>,
+    pub ledger: Ledger,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Keel",
+        description = "ERP and CRM host: general ledger, shared master data and plugins.\n\n\
+            Amounts are decimal strings. Writes accept an `Idempotency-Key` header: a replay returns \
+            the first response and changes nothing. Errors are RFC 9457 problem+json.",
+        version = "0.1.0"
+    ),
+    components(schemas(Problem)),
+    tags((name = "ledger", description = "Chart of accounts, journal entries, periods and reports"))
+)]
+struct ApiDoc;
+
+/// The routes of every capability with their OpenAPI description.
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .nest("/api/v1/ledger", crate::ledger::http::router())
+}
+
+/// The OpenAPI document, as served at `/api/v1/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_routes().split_for_parts().1
+}
+
+/// The whole application: API, health, metrics and the middleware around them.
+pub fn app(state: AppState) -> Router {
+    let (api, document) = api_routes().split_for_parts();
+    let document = Arc::new(document);
+    let metrics = metrics_handle();
+    api.route("/api/v1/openapi.json", get(move || async move { Json(document.as_ref().clone()) }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(move || async move { metrics.render() }))
+        .fallback(not_found)
+        .layer(middleware::from_fn(record_and_log))
+        .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            REQUEST_DURATION_MAX,
+        ))
+        .layer(CatchPanicLayer::custom(|_| {
+            Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", "An unexpected error occurred and was logged.")
+                .into_response()
+        }))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                let request_id = request
+                    .headers()
+                    .get(REQUEST_ID_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                tracing::info_span!("request", method = %request.method(), uri = %request.uri(), request_id)
+            }),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
+        .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, SequentialRequestId))
+        .with_state(state)
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    if state.db.is_ready().await {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Not ready",
+            "the database does not answer",
+        )
+        .into_response()
+    }
+}
+
+async fn not_found(request: Request) -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        "Not found",
+        format!(
+            "no route for {} {}; see /api/v1/openapi.json",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+/// Counts and times every request by route, and logs unexpected errors once, inside the
+/// request's span so the log line carries the request id.
+async fn record_and_log(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let response = next.run(request).await;
+    if let Some(UnexpectedError(error)) = response.extensions().get::<UnexpectedError>() {
+        tracing::error!(error = format!("{error:#}"), "request failed unexpectedly");
+    }
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("keel_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("keel_http_request_duration_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// The process-wide Prometheus recorder, installed on first use.
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder is installed already; metrics then go there.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Request ids unique within a process run: the start time and a counter.
+#[derive(Debug, Clone, Default)]
+struct SequentialRequestId;
+
+impl MakeRequestId for SequentialRequestId {
+    fn make_request_id<B>(&mut self, _request: &axum::http::Request<B>) -> Option<RequestId> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        static PREFIX: OnceLock<String> = OnceLock::new();
+        let prefix = PREFIX.get_or_init(|| format!("{:x}", chrono::Utc::now().timestamp_millis()));
+        let id = format!("{prefix}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed));
+        HeaderValue::from_str(&id).ok().map(RequestId::new)
+    }
+}
+
+impl IntoResponse for StoredResponse {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK);
+        (status, Json(self.body)).into_response()
+    }
+}
+
+/// A CSV download.
+pub fn csv_response(filename: &str, body: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{filename}\""),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}

@@ -1,0 +1,114 @@
+//! RFC 9457 problem details: every error the API returns, in one shape.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::error::{Error, FieldError};
+
+/// `application/problem+json` (RFC 9457).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Problem {
+    /// A URI naming the kind of problem, e.g. `urn:keel:problem:validation`.
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// For validation problems: each offending field and what is wrong with it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+/// Marks a response caused by an unexpected error, so the logging middleware reports it once
+/// with the request's span, while the client sees no internals.
+#[derive(Debug, Clone)]
+pub struct UnexpectedError(pub std::sync::Arc<anyhow::Error>);
+
+impl Problem {
+    pub fn new(status: StatusCode, kind: &str, title: &str, detail: impl Into<String>) -> Self {
+        Self {
+            problem_type: format!("urn:keel:problem:{kind}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail: detail.into(),
+            errors: Vec::new(),
+        }
+    }
+
+    pub fn bad_request(field: &str, detail: impl Into<String>) -> Self {
+        let detail = detail.into();
+        Self {
+            errors: vec![FieldError::new(field, detail.clone())],
+            ..Self::new(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                "The request is malformed",
+                detail,
+            )
+        }
+    }
+
+    pub fn validation(errors: Vec<FieldError>) -> Self {
+        let detail = errors
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Self {
+            errors,
+            ..Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation",
+                "The request is invalid; nothing was written",
+                detail,
+            )
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, axum::Json(self)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        match self {
+            Error::Invalid(errors) => Problem::validation(errors).into_response(),
+            Error::NotFound(detail) => {
+                Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
+                    .into_response()
+            }
+            Error::Conflict(detail) => Problem::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "The request conflicts with the current state; nothing was written",
+                detail,
+            )
+            .into_response(),
+            Error::Unexpected(error) => {
+                let mut response = Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "Internal error",
+                    "An unexpected error occurred and was logged; nothing was written. Retry with the same \
+                     Idempotency-Key to be safe.",
+                )
+                .into_response();
+                response
+                    .extensions_mut()
+                    .insert(UnexpectedError(std::sync::Arc::new(error)));
+                response
+            }
+        }
+    }
+}

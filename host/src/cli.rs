@@ -1,0 +1,593 @@
+//! The `keel` command line: the server, migrations, and the ledger commands a finance user
+//! scripts with. Every command works on the same data directory or database URL as the server.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use chrono::Utc;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::api::{self, AppState};
+use crate::company::{Companies, Company};
+use crate::db::{Database, Location};
+use crate::error::Error;
+use crate::idempotency::{RequestKey, StoredResponse};
+use crate::ledger::model::{EntryInput, LineInput, SourceRef, parse_date};
+use crate::ledger::periods::CloseFiscalYear;
+use crate::ledger::reports::TrialBalance;
+use crate::ledger::{Ledger, chart};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keel",
+    version,
+    about = "Keel: one ledger and one customer master for the whole company"
+)]
+struct Cli {
+    /// Log lines as text for people or JSON for log collectors.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "KEEL_LOG_FORMAT", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+struct DatabaseArgs {
+    /// Folder of the embedded SQLite database.
+    #[arg(long, env = "KEEL_DATA_DIR", default_value = "./keel-data")]
+    data_dir: PathBuf,
+    /// A postgres:// URL; when given, Keel uses PostgreSQL instead of SQLite.
+    #[arg(long, env = "KEEL_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Base currency of the company created on first start (ISO 4217). Cannot change later.
+    #[arg(long, env = "KEEL_BASE_CURRENCY")]
+    base_currency: Option<String>,
+}
+
+impl DatabaseArgs {
+    fn location(&self) -> anyhow::Result<Location> {
+        Location::from_args(self.database_url.as_deref(), &self.data_dir)
+    }
+
+    async fn open(&self) -> anyhow::Result<(Database, Arc<Companies>)> {
+        let db = Database::open(&self.location()?).await?;
+        let companies = Companies::bootstrap(&db, self.base_currency.as_deref()).await?;
+        Ok((db, Arc::new(companies)))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the HTTP API.
+    Serve {
+        /// Address to listen on. Loopback only until authentication exists.
+        #[arg(long, env = "KEEL_ADDR", default_value = "127.0.0.1:8080")]
+        addr: SocketAddr,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// The general ledger.
+    Ledger {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Company code; the default company when absent.
+        #[arg(long, global = true)]
+        company: Option<String>,
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ReportFormat {
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum LedgerCommand {
+    /// Load the default small-business chart of accounts (adds only missing accounts).
+    InitChart,
+    /// List the chart of accounts.
+    Accounts,
+    /// Post entries from a JSON file (an entry, a list of entries, or {"entries": [...]}) or a
+    /// CSV file with columns entry,date,memo,account,debit,credit[,currency,rate,party,line_memo,
+    /// source_module,source_document]; rows with the same `entry` form one entry. All or nothing.
+    Post {
+        file: PathBuf,
+        /// Makes the posting exactly-once: running the same file with the same key again
+        /// changes nothing.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Print the trial balance.
+    TrialBalance {
+        /// YYYY-MM-DD; today when absent.
+        #[arg(long)]
+        as_of: Option<String>,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+        format: ReportFormat,
+    },
+    /// List fiscal periods.
+    Periods,
+    /// Open the fiscal year starting on START (YYYY-MM-DD).
+    OpenYear { start: String },
+    /// Close the period NAME (YYYY-MM).
+    ClosePeriod { name: String },
+    /// Reopen the period NAME (YYYY-MM).
+    ReopenPeriod { name: String },
+    /// Close the fiscal year NAME, moving income and expense to retained earnings.
+    CloseYear {
+        name: String,
+        #[arg(long, default_value = chart::DEFAULT_RETAINED_EARNINGS)]
+        retained_earnings: String,
+    },
+    /// Reopen the fiscal year NAME.
+    ReopenYear { name: String },
+}
+
+/// Runs the command line; the exit code is 0 on success, 1 on failure.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: starting the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            match error.downcast_ref::<Error>() {
+                Some(Error::Invalid(errors)) => {
+                    eprintln!("error: the input is invalid; nothing was written");
+                    for e in errors {
+                        eprintln!("  {}: {}", e.field, e.message);
+                    }
+                }
+                _ => eprintln!("error: {error:#}"),
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("KEEL_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { addr, database } => serve(addr, &database).await,
+        Command::Migrate { database } => {
+            let (db, companies) = database.open().await?;
+            let company = companies.default_company();
+            db.close().await;
+            println!(
+                "database is up to date; company {:?} keeps its books in {}",
+                company.code, company.base_currency.code
+            );
+            Ok(())
+        }
+        Command::Ledger {
+            database,
+            company,
+            command,
+        } => {
+            let (db, companies) = database.open().await?;
+            let company = match company {
+                Some(code) => companies.by_code(&code).await?,
+                None => companies.default_company(),
+            };
+            let result = ledger_command(&Ledger::new(db.clone()), &company, command).await;
+            db.close().await;
+            result
+        }
+    }
+}
+
+async fn serve(addr: SocketAddr, database: &DatabaseArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        addr.ip().is_loopback(),
+        "keel serve listens on loopback addresses only (such as 127.0.0.1:8080) until authentication is in place; \
+         {addr} would expose the ledger to the network"
+    );
+    let (db, companies) = database.open().await?;
+    let state = AppState {
+        db: db.clone(),
+        companies,
+        ledger: Ledger::with_writer(db.clone()),
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(%local, backend = ?db.backend(), "Keel is serving");
+    println!("Keel listening on http://{local}");
+    axum::serve(listener, api::app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
+    db.close().await;
+    tracing::info!("Keel stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}
+
+fn into_anyhow(error: Error) -> anyhow::Error {
+    anyhow::Error::new(error)
+}
+
+async fn ledger_command(
+    ledger: &Ledger,
+    company: &Company,
+    command: LedgerCommand,
+) -> anyhow::Result<()> {
+    match command {
+        LedgerCommand::InitChart => {
+            let added = ledger
+                .init_default_chart(company)
+                .await
+                .map_err(into_anyhow)?;
+            println!(
+                "added {added} accounts to the chart of company {:?}",
+                company.code
+            );
+        }
+        LedgerCommand::Accounts => {
+            let mut out = std::io::stdout().lock();
+            for account in ledger.accounts(company).await.map_err(into_anyhow)? {
+                writeln!(
+                    out,
+                    "{:<12} {:<10} {:<45} {}{}",
+                    account.code,
+                    account.account_type.as_str(),
+                    account.name,
+                    account
+                        .parent
+                        .map(|p| format!("under {p}"))
+                        .unwrap_or_default(),
+                    if account.active { "" } else { " (inactive)" }
+                )?;
+            }
+        }
+        LedgerCommand::Post {
+            file,
+            idempotency_key,
+        } => {
+            let entries = read_entries(&file)?;
+            let key = idempotency_key.map(|key| RequestKey {
+                principal: String::new(),
+                fingerprint: crate::idempotency::fingerprint(
+                    "POST /ledger/entries:batch",
+                    &entries,
+                ),
+                key,
+            });
+            let response = ledger
+                .post(company, &entries, true, key)
+                .await
+                .map_err(into_anyhow)?;
+            print_posted(&response);
+        }
+        LedgerCommand::TrialBalance { as_of, format } => {
+            let as_of = match as_of {
+                Some(text) => parse_date(&text).map_err(anyhow::Error::msg)?,
+                None => Utc::now().date_naive(),
+            };
+            let report = ledger
+                .trial_balance(company, as_of)
+                .await
+                .map_err(into_anyhow)?;
+            print_trial_balance(&report, format)?;
+        }
+        LedgerCommand::Periods => {
+            for year in ledger.fiscal_years(company).await.map_err(into_anyhow)? {
+                println!(
+                    "fiscal year {} ({} to {}): {:?}",
+                    year.name, year.start, year.end, year.status
+                );
+                for period in year.periods {
+                    println!(
+                        "  {}  {} to {}  {:?}",
+                        period.name, period.start, period.end, period.status
+                    );
+                }
+            }
+        }
+        LedgerCommand::OpenYear { start } => {
+            let response = ledger
+                .open_fiscal_year(
+                    company,
+                    &crate::ledger::periods::NewFiscalYear { start },
+                    None,
+                )
+                .await
+                .map_err(into_anyhow)?;
+            println!(
+                "opened fiscal year {}",
+                response.body["name"].as_str().unwrap_or_default()
+            );
+        }
+        LedgerCommand::ClosePeriod { name } => {
+            let period = ledger
+                .period_by_name(company, &name)
+                .await
+                .map_err(into_anyhow)?;
+            ledger
+                .close_period(company, period.id, None)
+                .await
+                .map_err(into_anyhow)?;
+            println!("closed period {name}");
+        }
+        LedgerCommand::ReopenPeriod { name } => {
+            let period = ledger
+                .period_by_name(company, &name)
+                .await
+                .map_err(into_anyhow)?;
+            ledger
+                .reopen_period(company, period.id, None)
+                .await
+                .map_err(into_anyhow)?;
+            println!("reopened period {name}");
+        }
+        LedgerCommand::CloseYear {
+            name,
+            retained_earnings,
+        } => {
+            let year = fiscal_year_by_name(ledger, company, &name).await?;
+            let response = ledger
+                .close_fiscal_year(
+                    company,
+                    year,
+                    &CloseFiscalYear {
+                        retained_earnings_account: retained_earnings,
+                    },
+                    None,
+                )
+                .await
+                .map_err(into_anyhow)?;
+            match response.body["closing_entry"].as_i64() {
+                Some(entry) => println!("closed fiscal year {name}; closing entry {entry}"),
+                None => println!("closed fiscal year {name}; it had no income or expense to close"),
+            }
+        }
+        LedgerCommand::ReopenYear { name } => {
+            let year = fiscal_year_by_name(ledger, company, &name).await?;
+            ledger
+                .reopen_fiscal_year(company, year, None)
+                .await
+                .map_err(into_anyhow)?;
+            println!("reopened fiscal year {name}");
+        }
+    }
+    Ok(())
+}
+
+async fn fiscal_year_by_name(
+    ledger: &Ledger,
+    company: &Company,
+    name: &str,
+) -> anyhow::Result<i64> {
+    ledger
+        .fiscal_years(company)
+        .await
+        .map_err(into_anyhow)?
+        .into_iter()
+        .find(|y| y.name == name)
+        .map(|y| y.id)
+        .ok_or_else(|| {
+            anyhow::anyhow!("no fiscal year named {name:?}; `keel ledger periods` lists them")
+        })
+}
+
+fn print_posted(response: &StoredResponse) {
+    let ids: Vec<String> = response.body["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry["id"].as_i64())
+        .map(|id| id.to_string())
+        .collect();
+    let verb = if response.status == 200 {
+        "already posted"
+    } else {
+        "posted"
+    };
+    println!("{verb} {} entries: {}", ids.len(), ids.join(", "));
+}
+
+/// Reads entries from a .json or .csv file.
+fn read_entries(path: &Path) -> anyhow::Result<Vec<EntryInput>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("json") => {
+            #[derive(serde::Deserialize)]
+            #[serde(untagged)]
+            enum File {
+                Batch { entries: Vec<EntryInput> },
+                Many(Vec<EntryInput>),
+                One(Box<EntryInput>),
+            }
+            let file: File = serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{} is not an entry, a list of entries or {{\"entries\": [...]}}",
+                    path.display()
+                )
+            })?;
+            Ok(match file {
+                File::Batch { entries } | File::Many(entries) => entries,
+                File::One(entry) => vec![*entry],
+            })
+        }
+        Some("csv") => entries_from_csv(&text),
+        _ => anyhow::bail!("{} is neither a .json nor a .csv file", path.display()),
+    }
+}
+
+/// One CSV row per line; consecutive rows with the same `entry` value form one entry.
+fn entries_from_csv(text: &str) -> anyhow::Result<Vec<EntryInput>> {
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let headers = reader.headers()?.clone();
+    let column = |name: &str| headers.iter().position(|h| h == name);
+    let required = ["entry", "date", "account", "debit", "credit"];
+    for name in required {
+        anyhow::ensure!(
+            column(name).is_some(),
+            "the CSV file has no {name:?} column; it needs {}",
+            required.join(", ")
+        );
+    }
+    let mut entries: Vec<(String, EntryInput)> = Vec::new();
+    for (row_number, record) in reader.records().enumerate() {
+        let record = record.with_context(|| format!("reading CSV row {}", row_number + 2))?;
+        let field = |name: &str| -> Option<String> {
+            column(name)
+                .and_then(|i| record.get(i))
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        let entry_key = field("entry")
+            .with_context(|| format!("CSV row {}: the entry column is empty", row_number + 2))?;
+        let party = field("party")
+            .map(|p| p.parse::<i64>())
+            .transpose()
+            .with_context(|| format!("CSV row {}: party is not a number", row_number + 2))?;
+        let line = LineInput {
+            account: field("account").unwrap_or_default(),
+            debit: field("debit"),
+            credit: field("credit"),
+            currency: field("currency"),
+            rate: field("rate"),
+            party,
+            memo: field("line_memo"),
+            dimensions: None,
+        };
+        match entries.last_mut() {
+            Some((key, entry)) if *key == entry_key => entry.lines.push(line),
+            _ => {
+                let source = match (field("source_module"), field("source_document")) {
+                    (Some(module), Some(document)) => Some(SourceRef { module, document }),
+                    _ => None,
+                };
+                entries.push((
+                    entry_key,
+                    EntryInput {
+                        date: field("date").unwrap_or_default(),
+                        memo: field("memo").unwrap_or_default(),
+                        source,
+                        lines: vec![line],
+                        idempotency_key: None,
+                    },
+                ));
+            }
+        }
+    }
+    Ok(entries.into_iter().map(|(_, entry)| entry).collect())
+}
+
+fn print_trial_balance(report: &TrialBalance, format: ReportFormat) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match format {
+        ReportFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(report)?)?,
+        ReportFormat::Csv => {
+            let mut writer = csv::Writer::from_writer(out);
+            writer.write_record(["account", "name", "type", "debit", "credit"])?;
+            for row in &report.rows {
+                writer.write_record([
+                    row.account.as_str(),
+                    row.name.as_str(),
+                    row.account_type.as_str(),
+                    row.debit.as_deref().unwrap_or(""),
+                    row.credit.as_deref().unwrap_or(""),
+                ])?;
+            }
+            writer.write_record(["", "Total", "", &report.total_debit, &report.total_credit])?;
+            writer.flush()?;
+        }
+        ReportFormat::Table => {
+            writeln!(
+                out,
+                "Trial balance as of {} ({})",
+                report.as_of, report.currency
+            )?;
+            writeln!(
+                out,
+                "{:<10} {:<40} {:>18} {:>18}",
+                "account", "name", "debit", "credit"
+            )?;
+            for row in &report.rows {
+                writeln!(
+                    out,
+                    "{:<10} {:<40} {:>18} {:>18}",
+                    row.account,
+                    row.name,
+                    row.debit.as_deref().unwrap_or(""),
+                    row.credit.as_deref().unwrap_or("")
+                )?;
+            }
+            writeln!(
+                out,
+                "{:<10} {:<40} {:>18} {:>18}",
+                "", "Total", report.total_debit, report.total_credit
+            )?;
+            if !report.balanced {
+                writeln!(out, "WARNING: debits and credits differ")?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,845 @@
+//! Posting: validated drafts become immutable entries, their lines and the running balances,
+//! all inside the caller's transaction; and the group-commit writer that lets many concurrent
+//! requests share one durable commit.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+
+use super::entries::{self, EntryView};
+use super::model::{EntryDraft, EntryKind};
+use crate::company::Company;
+use crate::db::{BIND_PARAMETERS_MAX, Database, Row, Tx, placeholders, values_list};
+use crate::error::{Error, FieldError, Result, join_path};
+use crate::idempotency::{self, RequestKey, StoredResponse};
+use crate::on_conn;
+
+/// Entries in one batch request. Large imports are split by the client; this bounds the memory
+/// and the transaction a single request can hold.
+pub const ENTRIES_PER_BATCH_MAX: usize = 10_000;
+
+/// Entries the writer gathers from concurrent requests into one commit. Past this the commit
+/// cost is amortized and a bigger group only adds latency.
+const ENTRIES_PER_COMMIT_MAX: usize = 5_000;
+
+/// Requests waiting for the writer before senders are made to wait too (back-pressure).
+const WRITER_QUEUE_DEPTH: usize = 4_096;
+
+/// Account codes or ids in one `IN (…)` list.
+const KEYS_PER_QUERY_MAX: usize = 500;
+
+/// An entry as posted, or as found already posted under the same idempotency key.
+#[derive(Debug, Clone)]
+pub struct Posted {
+    pub view: EntryView,
+    /// True when the entry existed already and nothing was written.
+    pub replayed: bool,
+}
+
+/// Entries that post together or not at all. In a batch, errors name `entries[i]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Job<'a> {
+    pub entries: &'a [EntryDraft],
+    pub batch: bool,
+}
+
+impl Job<'_> {
+    fn path(&self, index: usize, field: &str) -> String {
+        if self.batch {
+            join_path(&format!("entries[{index}]"), field)
+        } else {
+            field.to_owned()
+        }
+    }
+}
+
+#[derive(Debug)]
+struct AccountRow {
+    id: i64,
+    currency: Option<String>,
+    active: bool,
+}
+
+#[derive(Debug)]
+struct PeriodRow {
+    name: String,
+    start: NaiveDate,
+    end: NaiveDate,
+    closed: bool,
+}
+
+/// What posting needs to know about the database, read once for a whole group of jobs.
+#[derive(Debug, Default)]
+struct Lookups {
+    accounts: HashMap<String, AccountRow>,
+    periods: Vec<PeriodRow>,
+    parties: HashSet<i64>,
+    /// Entries already posted under an idempotency key: key → (id, fingerprint).
+    keyed: HashMap<String, (i64, Option<String>)>,
+}
+
+impl Lookups {
+    fn period_of(&self, date: NaiveDate) -> Option<&PeriodRow> {
+        let index = self.periods.partition_point(|p| p.end < date);
+        self.periods.get(index).filter(|p| p.start <= date)
+    }
+}
+
+async fn load_lookups(tx: &mut Tx, company: &Company, jobs: &[Job<'_>]) -> anyhow::Result<Lookups> {
+    let drafts = || jobs.iter().flat_map(|job| job.entries.iter());
+    let mut lookups = Lookups::default();
+
+    let codes: Vec<&str> = drafts()
+        .flat_map(|d| d.lines.iter().map(|l| l.account.as_str()))
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let lock = tx.lock_for_share();
+    for chunk in codes.chunks(KEYS_PER_QUERY_MAX) {
+        let sql = format!(
+            "SELECT id, code, currency, active FROM ledger_accounts WHERE company_id = $1 AND code IN {}{lock}",
+            placeholders(2, chunk.len())
+        );
+        on_conn!(tx, conn => {
+            let mut query = sqlx::query(&sql).bind(company.id);
+            for code in chunk {
+                query = query.bind(*code);
+            }
+            for row in query.fetch_all(&mut *conn).await? {
+                lookups.accounts.insert(
+                    row.text("code")?,
+                    AccountRow { id: row.int("id")?, currency: row.opt_text("currency")?, active: row.flag("active")? },
+                );
+            }
+        });
+    }
+
+    if let (Some(first), Some(last)) = (
+        drafts().map(|d| d.date).min(),
+        drafts().map(|d| d.date).max(),
+    ) {
+        let sql = format!(
+            "SELECT name, start_date, end_date, status FROM ledger_periods \
+             WHERE company_id = $1 AND end_date >= $2 AND start_date <= $3 ORDER BY start_date{lock}"
+        );
+        on_conn!(tx, conn => {
+            for row in sqlx::query(&sql).bind(company.id).bind(first).bind(last).fetch_all(&mut *conn).await? {
+                lookups.periods.push(PeriodRow {
+                    name: row.text("name")?,
+                    start: row.date("start_date")?,
+                    end: row.date("end_date")?,
+                    closed: row.text("status")? == "closed",
+                });
+            }
+        });
+    }
+
+    let parties: Vec<i64> = drafts()
+        .flat_map(|d| d.lines.iter().filter_map(|l| l.party))
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    for chunk in parties.chunks(KEYS_PER_QUERY_MAX) {
+        let sql = format!(
+            "SELECT id FROM parties WHERE company_id = $1 AND id IN {}{lock}",
+            placeholders(2, chunk.len())
+        );
+        on_conn!(tx, conn => {
+            let mut query = sqlx::query(&sql).bind(company.id);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(&mut *conn).await? {
+                lookups.parties.insert(row.int("id")?);
+            }
+        });
+    }
+
+    let keys: Vec<&str> = drafts()
+        .filter_map(|d| d.idempotency_key.as_deref())
+        .collect();
+    for chunk in keys.chunks(KEYS_PER_QUERY_MAX) {
+        let sql = format!(
+            "SELECT id, idempotency_key, request_fingerprint FROM ledger_entries \
+             WHERE company_id = $1 AND idempotency_key IN {}",
+            placeholders(2, chunk.len())
+        );
+        on_conn!(tx, conn => {
+            let mut query = sqlx::query(&sql).bind(company.id);
+            for key in chunk {
+                query = query.bind(*key);
+            }
+            for row in query.fetch_all(&mut *conn).await? {
+                lookups
+                    .keyed
+                    .insert(row.text("idempotency_key")?, (row.int("id")?, row.opt_text("request_fingerprint")?));
+            }
+        });
+    }
+    Ok(lookups)
+}
+
+/// How one draft of a job will be satisfied.
+#[derive(Debug, Clone, Copy)]
+enum Plan {
+    /// Written now, as the n-th new entry of the group.
+    New(usize),
+    /// Already in the database under its idempotency key.
+    Existing(i64),
+}
+
+/// Checks a job against the database state; on success says how each draft is satisfied.
+fn plan_job<'a>(
+    job: &Job<'a>,
+    base: &crate::currency::Currency,
+    lookups: &Lookups,
+    claimed_keys: &mut HashMap<String, (Option<String>, usize)>,
+    new_drafts: &mut Vec<&'a EntryDraft>,
+) -> Result<Vec<Plan>> {
+    let mut errors = Vec::new();
+    let mut conflicts = Vec::new();
+    let mut plans = Vec::with_capacity(job.entries.len());
+    let mut keys_in_job = HashSet::new();
+    let mut job_claims = Vec::new();
+    for (index, draft) in job.entries.iter().enumerate() {
+        if let Some(key) = &draft.idempotency_key {
+            if !keys_in_job.insert(key.as_str()) {
+                errors.push(FieldError::new(
+                    job.path(index, "idempotency_key"),
+                    "is used by another entry of this batch",
+                ));
+                continue;
+            }
+            let earlier = lookups
+                .keyed
+                .get(key)
+                .map(|(id, fingerprint)| (fingerprint.clone(), Plan::Existing(*id)))
+                .or_else(|| {
+                    claimed_keys
+                        .get(key)
+                        .map(|(fingerprint, n)| (fingerprint.clone(), Plan::New(*n)))
+                });
+            if let Some((fingerprint, plan)) = earlier {
+                if fingerprint == draft.fingerprint {
+                    plans.push(plan);
+                } else {
+                    conflicts.push(format!(
+                        "{}: the idempotency key {key:?} was already used for a different entry",
+                        job.path(index, "idempotency_key")
+                    ));
+                }
+                continue;
+            }
+        }
+        check_draft(draft, base, lookups, &mut |field, message| {
+            errors.push(FieldError::new(job.path(index, field), message))
+        });
+        plans.push(Plan::New(usize::MAX));
+    }
+    if !errors.is_empty() {
+        return Err(Error::Invalid(errors));
+    }
+    if !conflicts.is_empty() {
+        return Err(Error::Conflict(conflicts.join("; ")));
+    }
+    // Only now, with the whole job valid, do its new entries join the group.
+    for (draft, plan) in job.entries.iter().zip(plans.iter_mut()) {
+        if let Plan::New(slot) = plan
+            && *slot == usize::MAX
+        {
+            *slot = new_drafts.len();
+            new_drafts.push(draft);
+            if let Some(key) = &draft.idempotency_key {
+                job_claims.push((key.clone(), (draft.fingerprint.clone(), *slot)));
+            }
+        }
+    }
+    claimed_keys.extend(job_claims);
+    Ok(plans)
+}
+
+fn check_draft(
+    draft: &EntryDraft,
+    base: &crate::currency::Currency,
+    lookups: &Lookups,
+    report: &mut impl FnMut(&str, String),
+) {
+    // Drafts from the API were balanced when parsed; checking again here covers every other
+    // path (reversals, closing entries, plugins) at the one place all postings pass.
+    if let Err(imbalance) = super::model::check_balance(&draft.lines, base) {
+        report("lines", imbalance);
+    }
+    let closing = draft.kind == EntryKind::Closing;
+    match lookups.period_of(draft.date) {
+        None => report(
+            "date",
+            format!(
+                "no fiscal period covers {}; open its fiscal year first (POST /api/v1/ledger/fiscal-years)",
+                draft.date
+            ),
+        ),
+        Some(period) if period.closed && !closing => report(
+            "date",
+            format!(
+                "period {} is closed; post into an open period or reopen {}",
+                period.name, period.name
+            ),
+        ),
+        Some(_) => {}
+    }
+    for (index, line) in draft.lines.iter().enumerate() {
+        let field = |name: &str| format!("lines[{index}].{name}");
+        match lookups.accounts.get(line.account.as_str()) {
+            None => report(
+                &field("account"),
+                format!(
+                    "there is no account {} in the chart of accounts",
+                    line.account
+                ),
+            ),
+            // A closing entry empties income and expense accounts, inactive ones included.
+            Some(account) if !account.active && !closing => report(
+                &field("account"),
+                format!("account {} is inactive", line.account),
+            ),
+            Some(AccountRow {
+                currency: Some(only),
+                ..
+            }) if only != line.currency.code => report(
+                &field("currency"),
+                format!(
+                    "account {} takes only {only}, not {}",
+                    line.account, line.currency.code
+                ),
+            ),
+            Some(_) => {}
+        }
+        if let Some(party) = line.party
+            && !lookups.parties.contains(&party)
+        {
+            report(&field("party"), format!("there is no party {party}"));
+        }
+    }
+}
+
+/// The running-balance change of one account, currency and day.
+#[derive(Debug, Default, Clone, Copy)]
+struct Sums {
+    debit: i64,
+    credit: i64,
+    base_debit: i64,
+    base_credit: i64,
+}
+
+impl Sums {
+    fn add(&mut self, amount: i64, base: i64) -> Option<()> {
+        if amount >= 0 {
+            self.debit = self.debit.checked_add(amount)?;
+        } else {
+            self.credit = self.credit.checked_add(amount.checked_neg()?)?;
+        }
+        if base >= 0 {
+            self.base_debit = self.base_debit.checked_add(base)?;
+        } else {
+            self.base_credit = self.base_credit.checked_add(base.checked_neg()?)?;
+        }
+        Some(())
+    }
+}
+
+fn first_of_month(date: NaiveDate) -> NaiveDate {
+    date.with_day(1).expect("every month has a first day")
+}
+
+/// Posts the jobs in `tx`, all of one company. Each job succeeds or fails on its own; the outer
+/// error means the transaction is unusable and must be rolled back.
+pub async fn post_jobs(
+    tx: &mut Tx,
+    company: &Company,
+    jobs: &[Job<'_>],
+    posted_at: DateTime<Utc>,
+) -> anyhow::Result<Vec<Result<Vec<Posted>>>> {
+    let lookups = load_lookups(tx, company, jobs).await?;
+    let mut claimed_keys = HashMap::new();
+    let mut new_drafts: Vec<&EntryDraft> = Vec::new();
+    let plans: Vec<Result<Vec<Plan>>> = jobs
+        .iter()
+        .map(|job| {
+            plan_job(
+                job,
+                company.base_currency,
+                &lookups,
+                &mut claimed_keys,
+                &mut new_drafts,
+            )
+        })
+        .collect();
+
+    let ids = allocate_entry_ids(tx, new_drafts.len()).await?;
+    let balance_result = write_entries(tx, company, &lookups, &new_drafts, &ids, posted_at).await?;
+    if let Err(message) = balance_result {
+        // Only sums beyond i64 get here: refuse every job rather than store a wrong balance.
+        return Ok(jobs
+            .iter()
+            .map(|_| Err(Error::invalid("lines", message.clone())))
+            .collect());
+    }
+
+    let existing_ids: Vec<i64> = plans
+        .iter()
+        .flatten()
+        .flatten()
+        .filter_map(|plan| match plan {
+            Plan::Existing(id) => Some(*id),
+            Plan::New(_) => None,
+        })
+        .collect();
+    let existing: HashMap<i64, EntryView> = if existing_ids.is_empty() {
+        HashMap::new()
+    } else {
+        entries::load(tx, company, &existing_ids)
+            .await
+            .map_err(|e| anyhow::anyhow!("loading replayed entries: {e}"))?
+            .into_iter()
+            .map(|stored| (stored.id, stored.view(company)))
+            .collect()
+    };
+    Ok(plans
+        .into_iter()
+        .map(|plan| {
+            plan.map(|plans| {
+                plans
+                    .into_iter()
+                    .map(|plan| match plan {
+                        Plan::New(n) => Posted {
+                            view: EntryView::from_draft(ids[n], new_drafts[n], posted_at, company),
+                            replayed: false,
+                        },
+                        Plan::Existing(id) => Posted {
+                            view: existing
+                                .get(&id)
+                                .cloned()
+                                .expect("replayed entries were loaded above"),
+                            replayed: true,
+                        },
+                    })
+                    .collect()
+            })
+        })
+        .collect())
+}
+
+async fn allocate_entry_ids(tx: &mut Tx, count: usize) -> anyhow::Result<Vec<i64>> {
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    let count_i64 = i64::try_from(count)?;
+    Ok(match tx {
+        // The write lock taken by BEGIN IMMEDIATE makes MAX(id)+1 safe on SQLite.
+        Tx::Sqlite(conn) => {
+            let max: i64 = sqlx::query("SELECT COALESCE(MAX(id), 0) AS max_id FROM ledger_entries")
+                .fetch_one(&mut **conn)
+                .await?
+                .int("max_id")?;
+            (max + 1..=max + count_i64).collect()
+        }
+        Tx::Postgres(conn) => {
+            sqlx::query("SELECT nextval('ledger_entry_ids') AS id FROM generate_series(1, $1)")
+                .bind(count_i64)
+                .fetch_all(&mut **conn)
+                .await?
+                .iter()
+                .map(|row| row.int("id"))
+                .collect::<anyhow::Result<_>>()?
+        }
+    })
+}
+
+/// Inserts the entries, their lines and the balance changes. The inner error reports sums
+/// that do not fit the balance columns.
+async fn write_entries(
+    tx: &mut Tx,
+    company: &Company,
+    lookups: &Lookups,
+    drafts: &[&EntryDraft],
+    ids: &[i64],
+    posted_at: DateTime<Utc>,
+) -> anyhow::Result<Result<(), String>> {
+    if drafts.is_empty() {
+        return Ok(Ok(()));
+    }
+    const ENTRY_COLUMNS: usize = 11;
+    for (chunk, chunk_ids) in drafts
+        .chunks(BIND_PARAMETERS_MAX / ENTRY_COLUMNS)
+        .zip(ids.chunks(BIND_PARAMETERS_MAX / ENTRY_COLUMNS))
+    {
+        let sql = format!(
+            "INSERT INTO ledger_entries (id, company_id, entry_date, memo, kind, source_module, source_document, \
+             reverses_entry_id, idempotency_key, request_fingerprint, posted_at) VALUES {}",
+            values_list(chunk.len(), ENTRY_COLUMNS)
+        );
+        on_conn!(tx, conn => {
+            let mut query = sqlx::query(&sql);
+            for (draft, id) in chunk.iter().zip(chunk_ids) {
+                query = query
+                    .bind(id)
+                    .bind(company.id)
+                    .bind(draft.date)
+                    .bind(&draft.memo)
+                    .bind(draft.kind.as_str())
+                    .bind(draft.source.as_ref().map(|s| s.module.as_str()))
+                    .bind(draft.source.as_ref().map(|s| s.document.as_str()))
+                    .bind(draft.reverses)
+                    .bind(draft.idempotency_key.as_deref())
+                    .bind(draft.fingerprint.as_deref())
+                    .bind(posted_at);
+            }
+            query.execute(&mut *conn).await?;
+        });
+    }
+
+    const LINE_COLUMNS: usize = 12;
+    let lines: Vec<(i64, usize, &EntryDraft, &super::model::LineDraft)> = drafts
+        .iter()
+        .zip(ids)
+        .flat_map(|(draft, id)| {
+            draft
+                .lines
+                .iter()
+                .enumerate()
+                .map(move |(n, line)| (*id, n + 1, *draft, line))
+        })
+        .collect();
+    for chunk in lines.chunks(BIND_PARAMETERS_MAX / LINE_COLUMNS) {
+        let sql = format!(
+            "INSERT INTO ledger_lines (entry_id, line_no, company_id, account_id, entry_date, currency, \
+             amount_minor, rate, base_amount_minor, party_id, memo, dimensions) VALUES {}",
+            values_list(chunk.len(), LINE_COLUMNS)
+        );
+        on_conn!(tx, conn => {
+            let mut query = sqlx::query(&sql);
+            for (entry_id, line_no, draft, line) in chunk {
+                let account_id = lookups.accounts[line.account.as_str()].id;
+                query = query
+                    .bind(entry_id)
+                    .bind(i64::try_from(*line_no).unwrap_or(i64::MAX))
+                    .bind(company.id)
+                    .bind(account_id)
+                    .bind(draft.date)
+                    .bind(line.currency.code)
+                    .bind(line.amount_minor)
+                    .bind(line.rate.map(|r| r.to_string()))
+                    .bind(line.base_amount_minor)
+                    .bind(line.party)
+                    .bind(line.memo.as_deref())
+                    .bind((!line.dimensions.is_empty()).then_some(sqlx::types::Json(&line.dimensions)));
+            }
+            query.execute(&mut *conn).await?;
+        });
+    }
+
+    // Sorted keys: concurrent writers on PostgreSQL lock balance rows in the same order.
+    let mut daily: BTreeMap<(NaiveDate, i64, &str, bool), Sums> = BTreeMap::new();
+    let mut monthly: BTreeMap<(NaiveDate, i64, &str, bool), Sums> = BTreeMap::new();
+    let mut totals: BTreeMap<(i64, &str), (Sums, NaiveDate)> = BTreeMap::new();
+    for (_, _, draft, line) in &lines {
+        let account_id = lookups.accounts[line.account.as_str()].id;
+        let closing = draft.kind == EntryKind::Closing;
+        let code = line.currency.code;
+        let added = daily
+            .entry((draft.date, account_id, code, closing))
+            .or_default()
+            .add(line.amount_minor, line.base_amount_minor)
+            .and_then(|()| {
+                monthly
+                    .entry((first_of_month(draft.date), account_id, code, closing))
+                    .or_default()
+                    .add(line.amount_minor, line.base_amount_minor)
+            })
+            .and_then(|()| {
+                let (sums, last_day) = totals
+                    .entry((account_id, code))
+                    .or_insert((Sums::default(), draft.date));
+                *last_day = (*last_day).max(draft.date);
+                sums.add(line.amount_minor, line.base_amount_minor)
+            });
+        if added.is_none() {
+            return Ok(Err(
+                "the amounts of this request add up to more than a balance can hold".into(),
+            ));
+        }
+    }
+    for (table, period_column, rows) in [
+        ("ledger_balances_daily", "day", &daily),
+        ("ledger_balances_monthly", "month", &monthly),
+    ] {
+        const COLUMNS: usize = 9;
+        let rows: Vec<_> = rows.iter().collect();
+        for chunk in rows.chunks(BIND_PARAMETERS_MAX / COLUMNS) {
+            let sql = format!(
+                "INSERT INTO {table} AS b (company_id, day_or_month, account_id, currency, closing, debit_minor, \
+                 credit_minor, base_debit_minor, base_credit_minor) VALUES {} \
+                 ON CONFLICT (company_id, day_or_month, account_id, currency, closing) DO UPDATE SET \
+                 debit_minor = b.debit_minor + excluded.debit_minor, \
+                 credit_minor = b.credit_minor + excluded.credit_minor, \
+                 base_debit_minor = b.base_debit_minor + excluded.base_debit_minor, \
+                 base_credit_minor = b.base_credit_minor + excluded.base_credit_minor",
+                values_list(chunk.len(), COLUMNS)
+            )
+            .replace("day_or_month", period_column);
+            on_conn!(tx, conn => {
+                let mut query = sqlx::query(&sql);
+                for ((date, account_id, currency, closing), sums) in chunk {
+                    query = query
+                        .bind(company.id)
+                        .bind(date)
+                        .bind(account_id)
+                        .bind(*currency)
+                        .bind(closing)
+                        .bind(sums.debit)
+                        .bind(sums.credit)
+                        .bind(sums.base_debit)
+                        .bind(sums.base_credit);
+                }
+                query.execute(&mut *conn).await?;
+            });
+        }
+    }
+    const TOTAL_COLUMNS: usize = 8;
+    let rows: Vec<_> = totals.iter().collect();
+    for chunk in rows.chunks(BIND_PARAMETERS_MAX / TOTAL_COLUMNS) {
+        let sql = format!(
+            "INSERT INTO ledger_balances AS b (company_id, account_id, currency, last_day, debit_minor, credit_minor, \
+             base_debit_minor, base_credit_minor) VALUES {} \
+             ON CONFLICT (company_id, account_id, currency) DO UPDATE SET \
+             last_day = CASE WHEN excluded.last_day > b.last_day THEN excluded.last_day ELSE b.last_day END, \
+             debit_minor = b.debit_minor + excluded.debit_minor, \
+             credit_minor = b.credit_minor + excluded.credit_minor, \
+             base_debit_minor = b.base_debit_minor + excluded.base_debit_minor, \
+             base_credit_minor = b.base_credit_minor + excluded.base_credit_minor",
+            values_list(chunk.len(), TOTAL_COLUMNS)
+        );
+        on_conn!(tx, conn => {
+            let mut query = sqlx::query(&sql);
+            for ((account_id, currency), (sums, last_day)) in chunk {
+                query = query
+                    .bind(company.id)
+                    .bind(account_id)
+                    .bind(*currency)
+                    .bind(last_day)
+                    .bind(sums.debit)
+                    .bind(sums.credit)
+                    .bind(sums.base_debit)
+                    .bind(sums.base_credit);
+            }
+            query.execute(&mut *conn).await?;
+        });
+    }
+    Ok(Ok(()))
+}
+
+/// The HTTP response a posting request gets, which is also what its idempotency key replays.
+pub fn render(posted: &[Posted], batch: bool) -> StoredResponse {
+    let all_replayed = posted.iter().all(|p| p.replayed);
+    let status = if all_replayed { 200 } else { 201 };
+    let body = if batch {
+        json!({ "entries": posted.iter().map(|p| &p.view).collect::<Vec<_>>() })
+    } else {
+        serde_json::to_value(&posted[0].view).unwrap_or_default()
+    };
+    StoredResponse { status, body }
+}
+
+/// A request to post: the entries, whether it is a batch, and its Idempotency-Key if any.
+#[derive(Debug)]
+pub struct PostRequest {
+    pub company: Company,
+    pub entries: Vec<EntryDraft>,
+    pub batch: bool,
+    pub key: Option<RequestKey>,
+}
+
+struct Queued {
+    request: PostRequest,
+    respond: oneshot::Sender<Result<StoredResponse>>,
+}
+
+/// Posts requests through one task that gathers whatever is queued into a single transaction:
+/// with 32 clients waiting, one fsync acknowledges all of them (group commit). Each request still
+/// succeeds or fails on its own.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    queue: mpsc::Sender<Queued>,
+}
+
+impl std::fmt::Debug for Queued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queued")
+            .field("request", &self.request)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Writer {
+    /// Starts the writer task; it stops when the last handle is dropped, after draining the queue.
+    pub fn start(db: Database) -> Self {
+        let (queue, receiver) = mpsc::channel(WRITER_QUEUE_DEPTH);
+        tokio::spawn(run_writer(db, receiver));
+        Self { queue }
+    }
+
+    pub async fn post(&self, request: PostRequest) -> Result<StoredResponse> {
+        let (respond, response) = oneshot::channel();
+        self.queue
+            .send(Queued { request, respond })
+            .await
+            .map_err(|_| anyhow::anyhow!("the ledger writer has stopped"))?;
+        response
+            .await
+            .map_err(|_| anyhow::anyhow!("the ledger writer dropped a request"))?
+    }
+}
+
+async fn run_writer(db: Database, mut receiver: mpsc::Receiver<Queued>) {
+    let mut carried: Option<Queued> = None;
+    loop {
+        let first = match carried.take() {
+            Some(queued) => queued,
+            None => match receiver.recv().await {
+                Some(queued) => queued,
+                None => return,
+            },
+        };
+        let mut entries = first.request.entries.len();
+        let mut group = vec![first];
+        let mut request_keys: HashSet<(i64, String)> = HashSet::new();
+        let key_of = |q: &Queued| {
+            q.request
+                .key
+                .as_ref()
+                .map(|k| (q.request.company.id, format!("{}\0{}", k.principal, k.key)))
+        };
+        if let Some(key) = key_of(&group[0]) {
+            request_keys.insert(key);
+        }
+        while entries < ENTRIES_PER_COMMIT_MAX {
+            let Ok(next) = receiver.try_recv() else { break };
+            // The same Idempotency-Key twice in one group: the second waits for the next group,
+            // where it finds the first one's stored response.
+            if let Some(key) = key_of(&next)
+                && !request_keys.insert(key)
+            {
+                carried = Some(next);
+                break;
+            }
+            entries += next.request.entries.len();
+            group.push(next);
+        }
+        metrics::histogram!("keel_ledger_commit_group_requests").record(group.len() as f64);
+        commit_group(&db, group).await;
+    }
+}
+
+async fn commit_group(db: &Database, group: Vec<Queued>) {
+    let requests: Vec<&PostRequest> = group.iter().map(|q| &q.request).collect();
+    match post_requests(db, &requests).await {
+        Ok(results) => {
+            for (queued, result) in group.into_iter().zip(results) {
+                let _ = queued.respond.send(result);
+            }
+        }
+        Err(error) if group.len() > 1 => {
+            // Something failed at the database level (another process took a key first, say):
+            // retry each request alone so one cannot fail the others.
+            tracing::warn!(error = %error, requests = group.len(), "group commit failed; posting one by one");
+            for queued in group {
+                let result = post_requests(db, &[&queued.request])
+                    .await
+                    .map_err(Error::Unexpected)
+                    .and_then(|mut results| results.pop().expect("one result per request"));
+                let _ = queued.respond.send(result);
+            }
+        }
+        Err(error) => {
+            for queued in group {
+                let _ = queued
+                    .respond
+                    .send(Err(Error::Unexpected(anyhow::anyhow!("{error:#}"))));
+            }
+        }
+    }
+}
+
+/// Posts several requests in one transaction and commits it; one result per request.
+pub async fn post_requests(
+    db: &Database,
+    requests: &[&PostRequest],
+) -> anyhow::Result<Vec<Result<StoredResponse>>> {
+    let mut tx = db.begin_write().await?;
+    let posted_at = now_micros();
+    let mut results: Vec<Option<Result<StoredResponse>>> =
+        (0..requests.len()).map(|_| None).collect();
+    // Replays of stored responses are settled first; the rest post together, company by company.
+    let mut to_post: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+    for (index, request) in requests.iter().enumerate() {
+        if let Some(key) = &request.key {
+            match idempotency::find(&mut tx, &request.company, key).await {
+                Ok(Some(stored)) => {
+                    results[index] = Some(Ok(stored));
+                    continue;
+                }
+                Ok(None) => {}
+                Err(Error::Unexpected(error)) => return Err(error),
+                Err(error) => {
+                    results[index] = Some(Err(error));
+                    continue;
+                }
+            }
+        }
+        to_post.entry(request.company.id).or_default().push(index);
+    }
+    for indexes in to_post.values() {
+        let company = &requests[indexes[0]].company;
+        let jobs: Vec<Job> = indexes
+            .iter()
+            .map(|&i| Job {
+                entries: &requests[i].entries,
+                batch: requests[i].batch,
+            })
+            .collect();
+        let outcomes = post_jobs(&mut tx, company, &jobs, posted_at).await?;
+        for (&index, outcome) in indexes.iter().zip(outcomes) {
+            let request = requests[index];
+            let response = match outcome {
+                Ok(posted) => {
+                    let response = render(&posted, request.batch);
+                    if let Some(key) = &request.key {
+                        match idempotency::store(&mut tx, company, key, &response).await {
+                            Ok(()) => {}
+                            Err(Error::Unexpected(error)) => return Err(error),
+                            Err(error) => return Err(anyhow::anyhow!("{error}")),
+                        }
+                    }
+                    Ok(response)
+                }
+                Err(error) => Err(error),
+            };
+            results[index] = Some(response);
+        }
+    }
+    tx.commit().await?;
+    let posted: usize = requests.iter().map(|r| r.entries.len()).sum();
+    metrics::counter!("keel_ledger_entries_submitted_total").increment(posted as u64);
+    Ok(results
+        .into_iter()
+        .map(|r| r.expect("every request got a result"))
+        .collect())
+}
+
+/// Now, to the microsecond: what both backends store, so a re-read entry equals the first response.
+pub fn now_micros() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+}

@@ -1,0 +1,731 @@
+//! Reports from the running balances: trial balance, balance sheet, income statement and the
+//! account ledger with a running balance. Each costs O(accounts) or O(lines shown), never
+//! O(all lines posted).
+
+use std::collections::{BTreeMap, HashMap};
+
+use base64::Engine as _;
+use chrono::{Datelike, Days, Months, NaiveDate};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::chart::{self, Account};
+use super::model::{AccountType, SourceRef, format_minor};
+use crate::company::Company;
+use crate::currency;
+use crate::db::{Row, Tx};
+use crate::error::{Error, Result};
+use crate::on_conn;
+
+/// Debit and credit totals of one account in one currency, and their base-currency value.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Sums {
+    pub debit: i64,
+    pub credit: i64,
+    pub base_debit: i64,
+    pub base_credit: i64,
+}
+
+impl Sums {
+    fn add(&mut self, other: &Self) {
+        self.debit += other.debit;
+        self.credit += other.credit;
+        self.base_debit += other.base_debit;
+        self.base_credit += other.base_credit;
+    }
+
+    /// Signed balance in the line currency, debit positive.
+    pub fn net(&self) -> i64 {
+        self.debit - self.credit
+    }
+
+    /// Signed balance in the base currency, debit positive.
+    pub fn base_net(&self) -> i64 {
+        self.base_debit - self.base_credit
+    }
+}
+
+/// Balances keyed by account id and currency.
+pub type Balances = HashMap<(i64, String), Sums>;
+
+fn first_of_month(date: NaiveDate) -> NaiveDate {
+    date.with_day(1).expect("every month has a first day")
+}
+
+fn next_month(month: NaiveDate) -> NaiveDate {
+    month + Months::new(1)
+}
+
+/// Which postings a sum includes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closing {
+    /// Everything, closing entries included: what the books hold.
+    Include,
+    /// Leaves out year-end closing entries: income and expense as earned.
+    Exclude,
+}
+
+/// Sums of postings dated `from..=to` (from the beginning when `from` is `None`), optionally for
+/// one account only. Whole months come from the monthly table and the partial months at either
+/// end from the daily one; "everything up to a date at or after the last posting" is one read of
+/// the totals table.
+pub async fn activity(
+    tx: &mut Tx,
+    company: &Company,
+    from: Option<NaiveDate>,
+    to: NaiveDate,
+    closing: Closing,
+    account_id: Option<i64>,
+) -> Result<Balances> {
+    let mut balances = Balances::new();
+    if from.is_none() && closing == Closing::Include {
+        let rows = sum_query(
+            tx,
+            "SELECT account_id, currency, MAX(last_day) AS last_day, \
+             CAST(SUM(debit_minor) AS BIGINT) AS debit_minor, CAST(SUM(credit_minor) AS BIGINT) AS credit_minor, \
+             CAST(SUM(base_debit_minor) AS BIGINT) AS base_debit_minor, \
+             CAST(SUM(base_credit_minor) AS BIGINT) AS base_credit_minor \
+             FROM ledger_balances WHERE company_id = $1 AND ($2 IS NULL OR account_id = $2) \
+             GROUP BY account_id, currency",
+            company.id,
+            account_id,
+            &[],
+        )
+        .await?;
+        if rows
+            .iter()
+            .all(|(_, last_day, _)| last_day.is_none_or(|d| d <= to))
+        {
+            for (key, _, sums) in rows {
+                balances.entry(key).or_default().add(&sums);
+            }
+            return Ok(balances);
+        }
+    }
+
+    let closing_filter = match closing {
+        Closing::Include => "",
+        Closing::Exclude => " AND closing = FALSE",
+    };
+    // Inclusive bounds throughout, so no date past `to` is ever computed or bound.
+    let month_lo = match from {
+        None => super::model::EARLIEST_DATE,
+        Some(from) if from.day() == 1 => from,
+        Some(from) => next_month(first_of_month(from)),
+    };
+    let last_full_month = match to.succ_opt() {
+        Some(next) if next.day() == 1 => first_of_month(to),
+        _ => first_of_month(to) - Months::new(1),
+    };
+    let mut day_ranges = Vec::new();
+    if month_lo <= last_full_month {
+        add_sums(
+            &mut balances,
+            sums_between(
+                tx,
+                company,
+                "ledger_balances_monthly",
+                "month",
+                month_lo,
+                last_full_month,
+                closing_filter,
+                account_id,
+            )
+            .await?,
+        );
+        if let Some(from) = from.filter(|from| *from < month_lo) {
+            day_ranges.push((from, month_lo - Days::new(1)));
+        }
+        let after_months = next_month(last_full_month);
+        if after_months <= to {
+            day_ranges.push((after_months, to));
+        }
+    } else {
+        day_ranges.push((from.unwrap_or(super::model::EARLIEST_DATE), to));
+    }
+    for (lo, hi) in day_ranges {
+        add_sums(
+            &mut balances,
+            sums_between(
+                tx,
+                company,
+                "ledger_balances_daily",
+                "day",
+                lo,
+                hi,
+                closing_filter,
+                account_id,
+            )
+            .await?,
+        );
+    }
+    Ok(balances)
+}
+
+fn add_sums(balances: &mut Balances, rows: Vec<((i64, String), Option<NaiveDate>, Sums)>) {
+    for (key, _, sums) in rows {
+        balances.entry(key).or_default().add(&sums);
+    }
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one private query helper; the arguments are the query's parameters"
+)]
+async fn sums_between(
+    tx: &mut Tx,
+    company: &Company,
+    table: &str,
+    column: &str,
+    lo: NaiveDate,
+    hi: NaiveDate,
+    closing_filter: &str,
+    account_id: Option<i64>,
+) -> Result<Vec<((i64, String), Option<NaiveDate>, Sums)>> {
+    let sql = format!(
+        "SELECT account_id, currency, NULL AS last_day, \
+         CAST(SUM(debit_minor) AS BIGINT) AS debit_minor, CAST(SUM(credit_minor) AS BIGINT) AS credit_minor, \
+         CAST(SUM(base_debit_minor) AS BIGINT) AS base_debit_minor, \
+         CAST(SUM(base_credit_minor) AS BIGINT) AS base_credit_minor \
+         FROM {table} WHERE company_id = $1 AND ($2 IS NULL OR account_id = $2) \
+         AND {column} >= $3 AND {column} <= $4{closing_filter} GROUP BY account_id, currency"
+    );
+    sum_query(tx, &sql, company.id, account_id, &[lo, hi]).await
+}
+
+async fn sum_query(
+    tx: &mut Tx,
+    sql: &str,
+    company_id: i64,
+    account_id: Option<i64>,
+    dates: &[NaiveDate],
+) -> Result<Vec<((i64, String), Option<NaiveDate>, Sums)>> {
+    let decode = |row: &dyn Fn(&str) -> anyhow::Result<i64>| -> anyhow::Result<Sums> {
+        Ok(Sums {
+            debit: row("debit_minor")?,
+            credit: row("credit_minor")?,
+            base_debit: row("base_debit_minor")?,
+            base_credit: row("base_credit_minor")?,
+        })
+    };
+    Ok(on_conn!(tx, conn => {
+        let mut query = sqlx::query(sql).bind(company_id).bind(account_id);
+        for date in dates {
+            query = query.bind(date);
+        }
+        query
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|row| -> anyhow::Result<_> {
+                let sums = decode(&|column| row.int(column))?;
+                let last_day = if dates.is_empty() { row.opt_date("last_day")? } else { None };
+                Ok(((row.int("account_id")?, row.text("currency")?), last_day, sums))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?
+    }))
+}
+
+/// An amount in one currency, on its debit or credit side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ForeignBalance {
+    pub currency: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub debit: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credit: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct TrialBalanceRow {
+    pub account: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub account_type: AccountType,
+    /// Net balance in the base currency when it is a debit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub debit: Option<String>,
+    /// Net balance in the base currency when it is a credit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credit: Option<String>,
+    /// Balances held in other currencies, in those currencies.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub foreign: Vec<ForeignBalance>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct TrialBalance {
+    #[schema(value_type = String)]
+    pub as_of: NaiveDate,
+    /// The base currency every debit and credit column is in.
+    pub currency: String,
+    pub rows: Vec<TrialBalanceRow>,
+    pub total_debit: String,
+    pub total_credit: String,
+    pub balanced: bool,
+}
+
+fn side(minor: i64, places: u32) -> (Option<String>, Option<String>) {
+    match minor {
+        0 => (None, None),
+        m if m > 0 => (Some(format_minor(m, places)), None),
+        m => (None, Some(format_minor(-m, places))),
+    }
+}
+
+/// Every account with a balance as of `as_of`, in code order, with the base-currency totals.
+pub async fn trial_balance(
+    tx: &mut Tx,
+    company: &Company,
+    as_of: NaiveDate,
+) -> Result<TrialBalance> {
+    let balances = activity(tx, company, None, as_of, Closing::Include, None).await?;
+    let accounts = chart::list(tx, company).await?;
+    let base = company.base_currency;
+    let (mut total_debit, mut total_credit) = (0_i64, 0_i64);
+    let mut rows = Vec::new();
+    for account in &accounts {
+        let mut base_net = 0_i64;
+        let mut foreign = Vec::new();
+        let mut has_lines = false;
+        let mut currencies: Vec<(&String, &Sums)> = balances
+            .iter()
+            .filter(|((id, _), _)| *id == account.id)
+            .map(|((_, currency), sums)| (currency, sums))
+            .collect();
+        currencies.sort_by(|a, b| a.0.cmp(b.0));
+        for (code, sums) in currencies {
+            has_lines = true;
+            base_net += sums.base_net();
+            if code != base.code {
+                let places = currency::lookup(code).map_or(2, |c| c.minor_units);
+                let (debit, credit) = side(sums.net(), places);
+                if debit.is_some() || credit.is_some() {
+                    foreign.push(ForeignBalance {
+                        currency: code.clone(),
+                        debit,
+                        credit,
+                    });
+                }
+            }
+        }
+        if !has_lines || (base_net == 0 && foreign.is_empty()) {
+            continue;
+        }
+        if base_net > 0 {
+            total_debit += base_net;
+        } else {
+            total_credit -= base_net;
+        }
+        let (debit, credit) = side(base_net, base.minor_units);
+        rows.push(TrialBalanceRow {
+            account: account.code.clone(),
+            name: account.name.clone(),
+            account_type: account.account_type,
+            debit,
+            credit,
+            foreign,
+        });
+    }
+    Ok(TrialBalance {
+        as_of,
+        currency: base.code.to_owned(),
+        rows,
+        total_debit: format_minor(total_debit, base.minor_units),
+        total_credit: format_minor(total_credit, base.minor_units),
+        balanced: total_debit == total_credit,
+    })
+}
+
+/// One account in a hierarchical statement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct StatementLine {
+    pub account: String,
+    pub name: String,
+    /// Depth in the account tree, 0 for top-level accounts.
+    pub level: u32,
+    /// Postings to this account itself, in the section's natural sign (assets and expenses
+    /// debit positive; liabilities, equity and income credit positive).
+    pub amount: String,
+    /// The amount including every sub-account.
+    pub total: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct StatementSection {
+    pub lines: Vec<StatementLine>,
+    pub total: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct BalanceSheet {
+    #[schema(value_type = String)]
+    pub as_of: NaiveDate,
+    pub currency: String,
+    pub assets: StatementSection,
+    pub liabilities: StatementSection,
+    pub equity: StatementSection,
+    /// Income less expense not yet closed into retained earnings.
+    pub current_earnings: String,
+    pub total_liabilities_and_equity: String,
+    pub balanced: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct IncomeStatement {
+    #[schema(value_type = String)]
+    pub from: NaiveDate,
+    #[schema(value_type = String)]
+    pub to: NaiveDate,
+    pub currency: String,
+    pub income: StatementSection,
+    pub expenses: StatementSection,
+    pub net_income: String,
+}
+
+/// Base-currency net per account id, debit positive.
+fn base_net_by_account(balances: &Balances) -> HashMap<i64, i64> {
+    let mut out = HashMap::new();
+    for ((account_id, _), sums) in balances {
+        *out.entry(*account_id).or_insert(0) += sums.base_net();
+    }
+    out
+}
+
+/// The accounts of one type as a tree, each with its own and its rolled-up amount.
+fn section(
+    accounts: &[Account],
+    account_type: AccountType,
+    nets: &HashMap<i64, i64>,
+    places: u32,
+) -> (StatementSection, i64) {
+    let sign = if account_type.is_debit_normal() {
+        1
+    } else {
+        -1
+    };
+    let of_type: Vec<&Account> = accounts
+        .iter()
+        .filter(|a| a.account_type == account_type)
+        .collect();
+    let mut children: BTreeMap<Option<i64>, Vec<&Account>> = BTreeMap::new();
+    let ids: std::collections::HashSet<i64> = of_type.iter().map(|a| a.id).collect();
+    for account in &of_type {
+        // A parent of another type does not exist in this section; show the account at the top.
+        let parent = account.parent_id.filter(|p| ids.contains(p));
+        children.entry(parent).or_default().push(account);
+    }
+    fn total_of(
+        id: i64,
+        children: &BTreeMap<Option<i64>, Vec<&Account>>,
+        nets: &HashMap<i64, i64>,
+    ) -> i64 {
+        nets.get(&id).copied().unwrap_or(0)
+            + children.get(&Some(id)).map_or(0, |kids| {
+                kids.iter().map(|k| total_of(k.id, children, nets)).sum()
+            })
+    }
+    fn walk(
+        parent: Option<i64>,
+        level: u32,
+        children: &BTreeMap<Option<i64>, Vec<&Account>>,
+        nets: &HashMap<i64, i64>,
+        sign: i64,
+        places: u32,
+        out: &mut Vec<StatementLine>,
+    ) {
+        for account in children.get(&parent).into_iter().flatten() {
+            let total = total_of(account.id, children, nets);
+            let own = nets.get(&account.id).copied().unwrap_or(0);
+            if total == 0 && own == 0 {
+                continue;
+            }
+            out.push(StatementLine {
+                account: account.code.clone(),
+                name: account.name.clone(),
+                level,
+                amount: format_minor(sign * own, places),
+                total: format_minor(sign * total, places),
+            });
+            walk(
+                Some(account.id),
+                level + 1,
+                children,
+                nets,
+                sign,
+                places,
+                out,
+            );
+        }
+    }
+    let mut lines = Vec::new();
+    walk(None, 0, &children, nets, sign, places, &mut lines);
+    let total: i64 = of_type
+        .iter()
+        .map(|a| nets.get(&a.id).copied().unwrap_or(0))
+        .sum::<i64>()
+        * sign;
+    (
+        StatementSection {
+            lines,
+            total: format_minor(total, places),
+        },
+        total,
+    )
+}
+
+pub async fn balance_sheet(
+    tx: &mut Tx,
+    company: &Company,
+    as_of: NaiveDate,
+) -> Result<BalanceSheet> {
+    let balances = activity(tx, company, None, as_of, Closing::Include, None).await?;
+    let accounts = chart::list(tx, company).await?;
+    let nets = base_net_by_account(&balances);
+    let places = company.base_currency.minor_units;
+    let (assets, total_assets) = section(&accounts, AccountType::Asset, &nets, places);
+    let (liabilities, total_liabilities) =
+        section(&accounts, AccountType::Liability, &nets, places);
+    let (equity, total_equity) = section(&accounts, AccountType::Equity, &nets, places);
+    let (_, income) = section(&accounts, AccountType::Income, &nets, places);
+    let (_, expense) = section(&accounts, AccountType::Expense, &nets, places);
+    let current_earnings = income - expense;
+    let right = total_liabilities + total_equity + current_earnings;
+    Ok(BalanceSheet {
+        as_of,
+        currency: company.base_currency.code.to_owned(),
+        assets,
+        liabilities,
+        equity,
+        current_earnings: format_minor(current_earnings, places),
+        total_liabilities_and_equity: format_minor(right, places),
+        balanced: total_assets == right,
+    })
+}
+
+pub async fn income_statement(
+    tx: &mut Tx,
+    company: &Company,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<IncomeStatement> {
+    if from > to {
+        return Err(Error::invalid("from", format!("{from} is after to ({to})")));
+    }
+    let balances = activity(tx, company, Some(from), to, Closing::Exclude, None).await?;
+    let accounts = chart::list(tx, company).await?;
+    let nets = base_net_by_account(&balances);
+    let places = company.base_currency.minor_units;
+    let (income, total_income) = section(&accounts, AccountType::Income, &nets, places);
+    let (expenses, total_expense) = section(&accounts, AccountType::Expense, &nets, places);
+    Ok(IncomeStatement {
+        from,
+        to,
+        currency: company.base_currency.code.to_owned(),
+        income,
+        expenses,
+        net_income: format_minor(total_income - total_expense, places),
+    })
+}
+
+/// One line in an account's ledger, with the balance after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct AccountLine {
+    #[schema(value_type = String)]
+    pub date: NaiveDate,
+    /// The entry, at `/api/v1/ledger/entries/{entry}`.
+    pub entry: i64,
+    pub line: u32,
+    pub memo: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub party: Option<i64>,
+    /// Base-currency debit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub debit: Option<String>,
+    /// Base-currency credit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credit: Option<String>,
+    /// The line's own currency and signed amount (debit positive) when it is not the base currency.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub foreign: Option<ForeignBalance>,
+    /// Base-currency balance after this line, debit positive.
+    pub balance: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct AccountLedger {
+    pub account: String,
+    pub name: String,
+    pub currency: String,
+    #[schema(value_type = Option<String>)]
+    pub from: Option<NaiveDate>,
+    #[schema(value_type = String)]
+    pub to: NaiveDate,
+    /// Base-currency balance before the first line of this page, debit positive.
+    pub opening_balance: String,
+    pub lines: Vec<AccountLine>,
+    /// Cursor for the next page (`?after=`), absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// Position of a line in an account's ledger: (date, entry id, line number).
+type LinePosition = (NaiveDate, i64, i64);
+
+fn encode_cursor(position: LinePosition) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("{}|{}|{}", position.0, position.1, position.2))
+}
+
+fn decode_cursor(text: &str) -> Result<LinePosition> {
+    let invalid = || Error::invalid("after", "is not a cursor this endpoint returned");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let mut parts = text.split('|');
+    let (Some(date), Some(entry), Some(line), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(invalid());
+    };
+    Ok((
+        super::model::parse_date(date).map_err(|_| invalid())?,
+        entry.parse().map_err(|_| invalid())?,
+        line.parse().map_err(|_| invalid())?,
+    ))
+}
+
+/// Lines posted to one account between two dates, a page at a time, each with the running
+/// balance, the entry it belongs to and that entry's source document.
+pub async fn account_ledger(
+    tx: &mut Tx,
+    company: &Company,
+    code: &str,
+    from: Option<NaiveDate>,
+    to: NaiveDate,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<AccountLedger> {
+    let account = chart::get(tx, company, code).await?;
+    let cursor = after.map(decode_cursor).transpose()?;
+    // The balance before the page: everything up to the day before its first line, plus the
+    // lines of that day that earlier pages already showed.
+    let start_day = match (cursor, from) {
+        (Some((date, _, _)), _) => Some(date),
+        (None, from) => from,
+    };
+    let mut opening = match start_day.and_then(|day| day.pred_opt()) {
+        Some(day_before) => activity(
+            tx,
+            company,
+            None,
+            day_before,
+            Closing::Include,
+            Some(account.id),
+        )
+        .await?
+        .values()
+        .map(Sums::base_net)
+        .sum(),
+        None => 0,
+    };
+    if let Some((date, entry, line)) = cursor {
+        let sum: Option<i64> = on_conn!(tx, conn => {
+            sqlx::query(
+                "SELECT CAST(SUM(base_amount_minor) AS BIGINT) AS total FROM ledger_lines \
+                 WHERE account_id = $1 AND entry_date = $2 AND (entry_id < $3 OR (entry_id = $3 AND line_no <= $4))",
+            )
+            .bind(account.id)
+            .bind(date)
+            .bind(entry)
+            .bind(line)
+            .fetch_one(&mut *conn)
+            .await?
+            .opt_int("total")?
+        });
+        opening += sum.unwrap_or(0);
+    }
+    let (after_date, after_entry, after_line) =
+        cursor.unwrap_or((super::model::EARLIEST_DATE, 0, 0));
+    let fetch = i64::try_from(limit + 1).unwrap_or(i64::MAX);
+    let rows = on_conn!(tx, conn => {
+        sqlx::query(
+            "SELECT l.entry_date, l.entry_id, l.line_no, l.currency, l.amount_minor, l.base_amount_minor, \
+                    l.party_id, l.memo, e.memo AS entry_memo, e.source_module, e.source_document \
+             FROM ledger_lines l JOIN ledger_entries e ON e.id = l.entry_id \
+             WHERE l.account_id = $1 AND ($2 IS NULL OR l.entry_date >= $2) AND l.entry_date <= $3 \
+               AND (l.entry_date > $4 OR (l.entry_date = $4 AND (l.entry_id > $5 OR (l.entry_id = $5 AND l.line_no > $6)))) \
+             ORDER BY l.entry_date, l.entry_id, l.line_no LIMIT $7",
+        )
+        .bind(account.id)
+        .bind(from)
+        .bind(to)
+        .bind(after_date)
+        .bind(after_entry)
+        .bind(after_line)
+        .bind(fetch)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|row| -> anyhow::Result<_> {
+            Ok((
+                (row.date("entry_date")?, row.int("entry_id")?, row.int("line_no")?),
+                row.text("currency")?,
+                row.int("amount_minor")?,
+                row.int("base_amount_minor")?,
+                row.opt_int("party_id")?,
+                row.opt_text("memo")?.or(Some(row.text("entry_memo")?)).unwrap_or_default(),
+                match (row.opt_text("source_module")?, row.opt_text("source_document")?) {
+                    (Some(module), Some(document)) => Some(SourceRef { module, document }),
+                    _ => None,
+                },
+            ))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?
+    });
+    let places = company.base_currency.minor_units;
+    let has_more = rows.len() > limit;
+    let opening_balance = format_minor(opening, places);
+    let mut balance = opening;
+    let mut lines = Vec::with_capacity(limit.min(rows.len()));
+    let mut last_position = None;
+    for (position, code, amount, base_amount, party, memo, source) in rows.into_iter().take(limit) {
+        balance += base_amount;
+        let (debit, credit) = super::entries::sides(base_amount, places);
+        let foreign = (code != company.base_currency.code).then(|| {
+            let currency_places = currency::lookup(&code).map_or(2, |c| c.minor_units);
+            let (debit, credit) = super::entries::sides(amount, currency_places);
+            ForeignBalance {
+                currency: code.clone(),
+                debit,
+                credit,
+            }
+        });
+        lines.push(AccountLine {
+            date: position.0,
+            entry: position.1,
+            line: u32::try_from(position.2).unwrap_or(u32::MAX),
+            memo,
+            source,
+            party,
+            debit,
+            credit,
+            foreign,
+            balance: format_minor(balance, places),
+        });
+        last_position = Some(position);
+    }
+    Ok(AccountLedger {
+        account: account.code,
+        name: account.name,
+        currency: company.base_currency.code.to_owned(),
+        from,
+        to,
+        opening_balance,
+        lines,
+        next: last_position.filter(|_| has_more).map(encode_cursor),
+    })
+}

@@ -1,0 +1,11 @@
+//! The Keel host: the general ledger and the shared master data of a company, served over an
+//! HTTP API and a CLI.
+
+pub mod api;
+pub mod cli;
+pub mod company;
+pub mod currency;
+pub mod db;
+pub mod error;
+pub mod idempotency;
+pub mod ledger;
