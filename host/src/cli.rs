@@ -44,13 +44,18 @@ enum LogFormat {
 #[derive(Debug, Args)]
 struct DatabaseArgs {
     /// Folder of the embedded SQLite database.
-    #[arg(long, env = "KEEL_DATA_DIR", default_value = "./keel-data")]
+    #[arg(
+        long,
+        env = "KEEL_DATA_DIR",
+        default_value = "./keel-data",
+        global = true
+    )]
     data_dir: PathBuf,
     /// A postgres:// URL; when given, Keel uses PostgreSQL instead of SQLite.
-    #[arg(long, env = "KEEL_DATABASE_URL")]
+    #[arg(long, env = "KEEL_DATABASE_URL", global = true)]
     database_url: Option<String>,
     /// Base currency of the company created on first start (ISO 4217). Cannot change later.
-    #[arg(long, env = "KEEL_BASE_CURRENCY")]
+    #[arg(long, env = "KEEL_BASE_CURRENCY", global = true)]
     base_currency: Option<String>,
 }
 
@@ -439,7 +444,7 @@ fn print_posted(response: &StoredResponse) {
         .filter_map(|entry| entry["id"].as_i64())
         .map(|id| id.to_string())
         .collect();
-    let verb = if response.status == 200 {
+    let verb = if response.replayed || response.status == 200 {
         "already posted"
     } else {
         "posted"

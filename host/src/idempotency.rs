@@ -24,6 +24,18 @@ pub struct RequestKey {
 pub struct StoredResponse {
     pub status: u16,
     pub body: serde_json::Value,
+    /// True when this is the stored response to an earlier request with the same key.
+    pub replayed: bool,
+}
+
+impl StoredResponse {
+    pub fn new(status: u16, body: serde_json::Value) -> Self {
+        Self {
+            status,
+            body,
+            replayed: false,
+        }
+    }
 }
 
 /// SHA-256 over the operation and its canonical JSON body: object keys sorted, no whitespace.
@@ -73,6 +85,7 @@ pub async fn find(
     Ok(Some(StoredResponse {
         status: u16::try_from(status).map_err(anyhow::Error::from)?,
         body: serde_json::from_str(&body).map_err(anyhow::Error::from)?,
+        replayed: true,
     }))
 }
 

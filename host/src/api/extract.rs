@@ -103,11 +103,21 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
         let inner = error.into_inner();
         match inner.classify() {
             serde_json::error::Category::Data => {
-                let field = if path == "." { "body".to_owned() } else { path };
-                Problem::validation(vec![FieldError::new(
-                    field,
-                    strip_position(&inner.to_string()),
-                )])
+                let message = strip_position(&inner.to_string());
+                let parent = if path == "." { "" } else { path.as_str() };
+                // A missing field is reported at its parent; name the field itself.
+                let field = message
+                    .strip_prefix("missing field `")
+                    .and_then(|rest| rest.split('`').next())
+                    .map(|name| crate::error::join_path(parent, name))
+                    .unwrap_or_else(|| {
+                        if parent.is_empty() {
+                            "body".to_owned()
+                        } else {
+                            parent.to_owned()
+                        }
+                    });
+                Problem::validation(vec![FieldError::new(field, message)])
             }
             _ => Problem::bad_request("body", format!("malformed JSON: {inner}")),
         }

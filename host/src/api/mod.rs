@@ -188,7 +188,14 @@ impl MakeRequestId for SequentialRequestId {
 impl IntoResponse for StoredResponse {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK);
-        (status, Json(self.body)).into_response()
+        let mut response = (status, Json(self.body)).into_response();
+        if self.replayed {
+            // As Stripe does: the client can tell a replay from a first execution.
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        }
+        response
     }
 }
 

@@ -47,10 +47,10 @@ pub struct Ledger {
 }
 
 fn json<T: Serialize>(status: u16, value: &T) -> Result<StoredResponse> {
-    Ok(StoredResponse {
+    Ok(StoredResponse::new(
         status,
-        body: serde_json::to_value(value).map_err(anyhow::Error::from)?,
-    })
+        serde_json::to_value(value).map_err(anyhow::Error::from)?,
+    ))
 }
 
 impl Ledger {

@@ -649,7 +649,7 @@ pub fn render(posted: &[Posted], batch: bool) -> StoredResponse {
     } else {
         serde_json::to_value(&posted[0].view).unwrap_or_default()
     };
-    StoredResponse { status, body }
+    StoredResponse::new(status, body)
 }
 
 /// A request to post: the entries, whether it is a batch, and its Idempotency-Key if any.

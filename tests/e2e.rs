@@ -1,0 +1,193 @@
+//! End to end: the real `keel` binary, its CLI and its HTTP server, on both backends.
+
+#[path = "../host/tests/common/mod.rs"]
+mod common;
+mod process;
+
+use common::TestDatabase;
+use process::{Server, keel};
+use serde_json::{Value, json};
+
+fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+async fn cli_and_server_share_one_ledger(database: TestDatabase) {
+    let output = keel(&["migrate"], &database);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout(&output).contains("keeps its books in USD"));
+
+    let output = keel(&["ledger", "init-chart"], &database);
+    assert!(
+        stdout(&output).contains("added 49 accounts"),
+        "{}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    let output = keel(&["ledger", "init-chart"], &database);
+    assert!(
+        stdout(&output).contains("added 0 accounts"),
+        "loading the chart twice adds nothing"
+    );
+    let output = keel(&["ledger", "open-year", "2025-01-01"], &database);
+    assert!(output.status.success(), "{}", stderr(&output));
+
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let csv = dir.path().join("entries.csv");
+    std::fs::write(
+        &csv,
+        "entry,date,memo,account,debit,credit\n\
+         1,2025-01-02,Owner's capital,1020,25000.00,\n\
+         1,2025-01-02,Owner's capital,3000,,25000.00\n\
+         2,2025-01-05,January rent,6100,1500.00,\n\
+         2,2025-01-05,January rent,1020,,1500.00\n",
+    )
+    .expect("writing the CSV");
+    let csv_path = csv.display().to_string();
+    let output = keel(
+        &["ledger", "post", &csv_path, "--idempotency-key", "import-1"],
+        &database,
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).starts_with("posted 2 entries"),
+        "{}",
+        stdout(&output)
+    );
+    let output = keel(
+        &["ledger", "post", &csv_path, "--idempotency-key", "import-1"],
+        &database,
+    );
+    assert!(
+        stdout(&output).starts_with("already posted 2 entries"),
+        "{}",
+        stdout(&output)
+    );
+
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"date": "2025-01-06", "lines": [{"account": "1020", "debit": "5.00"}, {"account": "4000", "credit": "4.00"}]}"#)
+        .expect("writing the JSON");
+    let output = keel(&["ledger", "post", &bad.display().to_string()], &database);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("entries[0].lines: the entry does not balance"),
+        "{}",
+        stderr(&output)
+    );
+
+    let server = Server::start(&database).await;
+    let client = reqwest::Client::new();
+    let posted = client
+        .post(server.url("/api/v1/ledger/entries"))
+        .header("Idempotency-Key", "sale-1")
+        .json(&json!({
+            "date": "2025-01-10",
+            "memo": "First sale",
+            "lines": [{ "account": "1100", "debit": "4000.00" }, { "account": "4000", "credit": "4000.00" }]
+        }))
+        .send()
+        .await
+        .expect("posting");
+    assert_eq!(posted.status(), 201);
+
+    // The CLI reads the same books while the server runs.
+    let output = keel(
+        &[
+            "ledger",
+            "trial-balance",
+            "--as-of",
+            "2025-12-31",
+            "--format",
+            "csv",
+        ],
+        &database,
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(
+        text.contains("1020,Bank - operating account,asset,23500.00,"),
+        "{text}"
+    );
+    assert!(
+        text.contains("1100,Accounts receivable,asset,4000.00,"),
+        "{text}"
+    );
+    assert!(
+        text.trim_end().ends_with(",Total,,29000.00,29000.00"),
+        "{text}"
+    );
+
+    let tb: Value = client
+        .get(server.url("/api/v1/ledger/trial-balance?as_of=2025-12-31"))
+        .send()
+        .await
+        .expect("trial balance")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(tb["total_debit"], "29000.00");
+    assert_eq!(tb["balanced"], true);
+
+    let output = keel(&["ledger", "close-period", "2025-01"], &database);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let refused = client
+        .post(server.url("/api/v1/ledger/entries"))
+        .json(&json!({
+            "date": "2025-01-31",
+            "lines": [{ "account": "1100", "debit": "1.00" }, { "account": "4000", "credit": "1.00" }]
+        }))
+        .send()
+        .await
+        .expect("posting");
+    assert_eq!(
+        refused.status(),
+        422,
+        "a period closed from the CLI is closed for the server"
+    );
+    assert_eq!(
+        refused.headers()["content-type"],
+        "application/problem+json"
+    );
+
+    let status = server.terminate();
+    assert!(
+        status.success(),
+        "SIGTERM stops the server cleanly: {status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_and_server_share_one_ledger_on_sqlite() {
+    cli_and_server_share_one_ledger(TestDatabase::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_and_server_share_one_ledger_on_postgres() {
+    cli_and_server_share_one_ledger(TestDatabase::postgres().await).await;
+}
+
+#[test]
+fn serve_refuses_a_non_loopback_address_until_authentication_exists() {
+    let database = TestDatabase::sqlite();
+    let output = keel(&["serve", "--addr", "0.0.0.0:0"], &database);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("loopback"), "{}", stderr(&output));
+}
+
+#[test]
+fn an_unsupported_database_url_is_refused_with_advice() {
+    let output = std::process::Command::new(process::keel_binary())
+        .args(["migrate", "--database-url", "mysql://localhost/keel"])
+        .output()
+        .expect("running keel");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("postgres://"),
+        "{}",
+        stderr(&output)
+    );
+}
