@@ -194,7 +194,7 @@ pub fn lookup(code: &str) -> Option<&'static Currency> {
 pub(crate) async fn seed(db: &Database) -> anyhow::Result<()> {
     let sql = format!(
         "INSERT INTO currencies (code, name, minor_units) VALUES {} ON CONFLICT (code) DO NOTHING",
-        crate::db::values_list(ISO_4217.len(), 3)
+        db.backend().values_list(ISO_4217.len(), 3)
     );
     on_pool!(db, pool => {
         let mut query = sqlx::query(&sql);

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::de::DeserializeOwned;
+use sqlx::ConnectOptions as _;
 use sqlx::Row as _;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -29,6 +30,9 @@ const POSTGRES_CONNECTIONS_MAX: u32 = 16;
 /// How long a writer waits for another process (the CLI next to a running server) to release
 /// SQLite's write lock before giving up with "database is locked".
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Statements slower than this are logged at debug level.
+const SLOW_STATEMENT: Duration = Duration::from_secs(1);
 
 /// How long a request waits for a free connection before failing rather than queueing forever.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -137,7 +141,8 @@ impl Database {
                     .synchronous(SqliteSynchronous::Full)
                     .foreign_keys(true)
                     .busy_timeout(SQLITE_BUSY_TIMEOUT)
-                    .pragma("cache_size", "-16000");
+                    // Multi-row statements are long; their text does not belong in warnings.
+                    .log_slow_statements(log::LevelFilter::Debug, SLOW_STATEMENT);
                 let pool = SqlitePoolOptions::new()
                     .max_connections(SQLITE_CONNECTIONS_MAX)
                     .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -149,7 +154,8 @@ impl Database {
             Location::Postgres(url) => {
                 let options = PgConnectOptions::from_str(url)
                     .context("parsing the PostgreSQL URL")?
-                    .application_name("keel");
+                    .application_name("keel")
+                    .log_slow_statements(log::LevelFilter::Debug, SLOW_STATEMENT);
                 let pool = PgPoolOptions::new()
                     .max_connections(POSTGRES_CONNECTIONS_MAX)
                     .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -315,27 +321,43 @@ macro_rules! impl_row {
 impl_row!(sqlx::sqlite::SqliteRow);
 impl_row!(sqlx::postgres::PgRow);
 
-/// `$first, $first+1, …` placeholders for one row of a multi-row statement.
-pub fn placeholders(first: usize, count: usize) -> String {
-    let mut out = String::with_capacity(count * 5);
-    out.push('(');
-    for i in 0..count {
-        if i > 0 {
-            out.push_str(", ");
+impl Backend {
+    /// Numbered placeholders `first, first+1, …` such as an `IN (…)` list: `($2, $3)` on
+    /// PostgreSQL, `(?2, ?3)` on SQLite, which mix with `$1` elsewhere in the statement.
+    pub fn placeholders(self, first: usize, count: usize) -> String {
+        let sigil = match self {
+            Self::Sqlite => '?',
+            Self::Postgres => '$',
+        };
+        let mut out = String::with_capacity(count * 7 + 2);
+        out.push('(');
+        for i in 0..count {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            out.push(sigil);
+            out.push_str(&(first + i).to_string());
         }
-        out.push('$');
-        out.push_str(&(first + i).to_string());
+        out.push(')');
+        out
     }
-    out.push(')');
-    out
-}
 
-/// The VALUES list for `rows` rows of `columns` columns: `($1, $2), ($3, $4), …`.
-pub fn values_list(rows: usize, columns: usize) -> String {
-    (0..rows)
-        .map(|row| placeholders(row * columns + 1, columns))
-        .collect::<Vec<_>>()
-        .join(", ")
+    /// The VALUES list for `rows` rows of `columns` columns, for a statement with no other
+    /// parameters: `($1, $2), ($3, $4), …` on PostgreSQL and `(?, ?), (?, ?), …` on SQLite.
+    /// SQLite resolves every numbered or named parameter with a linear search over those seen
+    /// before, which makes a 30,000-parameter statement take seconds; anonymous `?` is free.
+    pub fn values_list(self, rows: usize, columns: usize) -> String {
+        match self {
+            Self::Postgres => (0..rows)
+                .map(|row| self.placeholders(row * columns + 1, columns))
+                .collect::<Vec<_>>()
+                .join(", "),
+            Self::Sqlite => {
+                let row = format!("({})", vec!["?"; columns].join(", "));
+                vec![row; rows].join(", ")
+            }
+        }
+    }
 }
 
 /// Largest number of bind parameters in one statement: SQLite allows 32,766, PostgreSQL 65,535.
@@ -375,6 +397,11 @@ mod tests {
 
     #[test]
     fn values_list_numbers_placeholders_across_rows() {
-        assert_eq!(values_list(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(
+            Backend::Postgres.values_list(2, 3),
+            "($1, $2, $3), ($4, $5, $6)"
+        );
+        assert_eq!(Backend::Sqlite.values_list(2, 2), "(?, ?), (?, ?)");
+        assert_eq!(Backend::Sqlite.placeholders(2, 2), "(?2, ?3)");
     }
 }

@@ -1,6 +1,8 @@
 //! Exactly-once writes: the first response to a request carrying an `Idempotency-Key` is stored
 //! in the same transaction as the change it made, and a replay of that key gets it back.
 
+use std::collections::HashMap;
+
 use chrono::Utc;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -38,12 +40,10 @@ impl StoredResponse {
     }
 }
 
-/// SHA-256 over the operation and its canonical JSON body: object keys sorted, no whitespace.
+/// SHA-256 over the operation and the request as parsed. Serializing the typed request gives a
+/// canonical form whatever the client's formatting: fields in declaration order, maps sorted.
 pub fn fingerprint(operation: &str, body: &impl Serialize) -> String {
-    // serde_json's Value keeps object keys sorted, which makes the rendering canonical.
-    let canonical = serde_json::to_value(body)
-        .and_then(|value| serde_json::to_vec(&value))
-        .unwrap_or_default();
+    let canonical = serde_json::to_vec(body).unwrap_or_default();
     let mut hasher = Sha256::new();
     hasher.update(operation.as_bytes());
     hasher.update([0]);
@@ -51,42 +51,125 @@ pub fn fingerprint(operation: &str, body: &impl Serialize) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// The stored response for this key, if it was used before. A key reused for a different
-/// request is a conflict.
+/// Keys looked up in one query.
+const KEYS_PER_QUERY_MAX: usize = 500;
+
+/// What was stored for each of these keys that was used before: the stored response, or a
+/// conflict when the key was first used for a different request.
+pub async fn find_many(
+    tx: &mut Tx,
+    company: &Company,
+    keys: &[&RequestKey],
+) -> Result<HashMap<(String, String), Result<StoredResponse>>> {
+    let mut found = HashMap::new();
+    let mut by_principal: HashMap<&str, Vec<&RequestKey>> = HashMap::new();
+    for key in keys {
+        by_principal
+            .entry(key.principal.as_str())
+            .or_default()
+            .push(key);
+    }
+    // The primary key leads with (company, principal): both are constrained so that the lookup
+    // is an index seek, not a scan of every key the company ever used.
+    for (principal, keys) in by_principal {
+        for chunk in keys.chunks(KEYS_PER_QUERY_MAX) {
+            let sql = format!(
+                "SELECT principal, idempotency_key, request_fingerprint, response_status, response_body \
+             FROM idempotency_keys WHERE company_id = $1 AND principal = $2 AND idempotency_key IN {}",
+                tx.backend().placeholders(3, chunk.len())
+            );
+            let rows: Vec<(String, String, String, i64, String)> = on_conn!(tx, conn => {
+                let mut query = sqlx::query(&sql).bind(company.id).bind(principal);
+                for key in chunk {
+                    query = query.bind(&key.key);
+                }
+                query
+                    .fetch_all(&mut *conn)
+                    .await?
+                    .iter()
+                    .map(|row| -> anyhow::Result<_> {
+                        Ok((
+                            row.text("principal")?,
+                            row.text("idempotency_key")?,
+                            row.text("request_fingerprint")?,
+                            row.int("response_status")?,
+                            row.text("response_body")?,
+                        ))
+                    })
+                    .collect::<anyhow::Result<_>>()?
+            });
+            for (principal, key, fingerprint, status, body) in rows {
+                let Some(asked) = chunk
+                    .iter()
+                    .find(|k| k.principal == principal && k.key == key)
+                else {
+                    continue;
+                };
+                let outcome = if fingerprint == asked.fingerprint {
+                    Ok(StoredResponse {
+                        status: u16::try_from(status).map_err(anyhow::Error::from)?,
+                        body: serde_json::from_str(&body).map_err(anyhow::Error::from)?,
+                        replayed: true,
+                    })
+                } else {
+                    Err(Error::Conflict(format!(
+                        "the Idempotency-Key {key:?} was already used for a different request; use a new key for a new request"
+                    )))
+                };
+                found.insert((principal, key), outcome);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The stored response for this key, if it was used before.
 pub async fn find(
     tx: &mut Tx,
     company: &Company,
     key: &RequestKey,
 ) -> Result<Option<StoredResponse>> {
-    let row = on_conn!(tx, conn => {
-        match sqlx::query(
-            "SELECT request_fingerprint, response_status, response_body FROM idempotency_keys \
-             WHERE company_id = $1 AND principal = $2 AND idempotency_key = $3",
-        )
-        .bind(company.id)
-        .bind(&key.principal)
-        .bind(&key.key)
-        .fetch_optional(&mut *conn)
+    find_many(tx, company, &[key])
         .await?
-        {
-            Some(row) => Some((row.text("request_fingerprint")?, row.int("response_status")?, row.text("response_body")?)),
-            None => None,
-        }
-    });
-    let Some((fingerprint, status, body)) = row else {
-        return Ok(None);
-    };
-    if fingerprint != key.fingerprint {
-        return Err(Error::Conflict(format!(
-            "the Idempotency-Key {:?} was already used for a different request; use a new key for a new request",
-            key.key
-        )));
+        .remove(&(key.principal.clone(), key.key.clone()))
+        .transpose()
+}
+
+/// Records the responses to the first use of these keys, in the transaction that made the change.
+pub async fn store_many(
+    tx: &mut Tx,
+    company: &Company,
+    responses: &[(&RequestKey, &StoredResponse)],
+) -> Result<()> {
+    const COLUMNS: usize = 7;
+    let created_at = Utc::now();
+    for chunk in responses.chunks(crate::db::BIND_PARAMETERS_MAX / COLUMNS) {
+        let bodies: Vec<String> = chunk
+            .iter()
+            .map(|(_, response)| serde_json::to_string(&response.body))
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::from)?;
+        let sql = format!(
+            "INSERT INTO idempotency_keys (company_id, principal, idempotency_key, request_fingerprint, \
+             response_status, response_body, created_at) VALUES {}",
+            tx.backend().values_list(chunk.len(), COLUMNS)
+        );
+        on_conn!(tx, conn => {
+            let mut query = sqlx::query(&sql);
+            for ((key, response), body) in chunk.iter().zip(&bodies) {
+                query = query
+                    .bind(company.id)
+                    .bind(&key.principal)
+                    .bind(&key.key)
+                    .bind(&key.fingerprint)
+                    .bind(i64::from(response.status))
+                    .bind(body)
+                    .bind(created_at);
+            }
+            query.execute(&mut *conn).await?;
+        });
     }
-    Ok(Some(StoredResponse {
-        status: u16::try_from(status).map_err(anyhow::Error::from)?,
-        body: serde_json::from_str(&body).map_err(anyhow::Error::from)?,
-        replayed: true,
-    }))
+    Ok(())
 }
 
 /// Records the response to the first use of a key, in the transaction that made the change.
@@ -96,23 +179,7 @@ pub async fn store(
     key: &RequestKey,
     response: &StoredResponse,
 ) -> Result<()> {
-    let body = serde_json::to_string(&response.body).map_err(anyhow::Error::from)?;
-    on_conn!(tx, conn => {
-        sqlx::query(
-            "INSERT INTO idempotency_keys (company_id, principal, idempotency_key, request_fingerprint, \
-             response_status, response_body, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(company.id)
-        .bind(&key.principal)
-        .bind(&key.key)
-        .bind(&key.fingerprint)
-        .bind(i64::from(response.status))
-        .bind(body)
-        .bind(Utc::now())
-        .execute(&mut *conn)
-        .await?;
-    });
-    Ok(())
+    store_many(tx, company, &[(key, response)]).await
 }
 
 /// Runs a write exactly once per key: a replay returns the stored response without running it.

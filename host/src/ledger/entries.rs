@@ -145,7 +145,7 @@ const IDS_PER_QUERY_MAX: usize = 500;
 pub async fn load(tx: &mut Tx, company: &Company, ids: &[i64]) -> Result<Vec<StoredEntry>> {
     let mut by_id: HashMap<i64, StoredEntry> = HashMap::with_capacity(ids.len());
     for chunk in ids.chunks(IDS_PER_QUERY_MAX) {
-        let list = crate::db::placeholders(2, chunk.len());
+        let list = tx.backend().placeholders(2, chunk.len());
         let entry_sql = format!(
             "SELECT e.id, e.entry_date, e.memo, e.kind, e.source_module, e.source_document, \
                     e.reverses_entry_id, e.idempotency_key, e.request_fingerprint, e.posted_at, \

@@ -245,10 +245,20 @@ struct BatchInput {
     entries: Vec<EntryInput>,
 }
 
-/// Entries as posted by a batch.
+/// One entry of a batch, as posted.
+#[derive(Debug, Serialize, ToSchema)]
+struct PostedRef {
+    /// The entry, at `/api/v1/ledger/entries/{id}`.
+    id: i64,
+    idempotency_key: Option<String>,
+    /// True when the entry was posted earlier under its idempotency key.
+    replayed: bool,
+}
+
+/// The entries of a batch, in the order they were sent.
 #[derive(Debug, Serialize, ToSchema)]
 struct BatchOutput {
-    entries: Vec<EntryView>,
+    entries: Vec<PostedRef>,
 }
 
 /// Post many entries in one request, all or nothing.

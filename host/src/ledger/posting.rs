@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::entries::{self, EntryView};
 use super::model::{EntryDraft, EntryKind};
 use crate::company::Company;
-use crate::db::{BIND_PARAMETERS_MAX, Database, Row, Tx, placeholders, values_list};
+use crate::db::{BIND_PARAMETERS_MAX, Database, Row, Tx};
 use crate::error::{Error, FieldError, Result, join_path};
 use crate::idempotency::{self, RequestKey, StoredResponse};
 use crate::on_conn;
@@ -100,7 +100,7 @@ async fn load_lookups(tx: &mut Tx, company: &Company, jobs: &[Job<'_>]) -> anyho
     for chunk in codes.chunks(KEYS_PER_QUERY_MAX) {
         let sql = format!(
             "SELECT id, code, currency, active FROM ledger_accounts WHERE company_id = $1 AND code IN {}{lock}",
-            placeholders(2, chunk.len())
+            tx.backend().placeholders(2, chunk.len())
         );
         on_conn!(tx, conn => {
             let mut query = sqlx::query(&sql).bind(company.id);
@@ -144,7 +144,7 @@ async fn load_lookups(tx: &mut Tx, company: &Company, jobs: &[Job<'_>]) -> anyho
     for chunk in parties.chunks(KEYS_PER_QUERY_MAX) {
         let sql = format!(
             "SELECT id FROM parties WHERE company_id = $1 AND id IN {}{lock}",
-            placeholders(2, chunk.len())
+            tx.backend().placeholders(2, chunk.len())
         );
         on_conn!(tx, conn => {
             let mut query = sqlx::query(&sql).bind(company.id);
@@ -164,7 +164,7 @@ async fn load_lookups(tx: &mut Tx, company: &Company, jobs: &[Job<'_>]) -> anyho
         let sql = format!(
             "SELECT id, idempotency_key, request_fingerprint FROM ledger_entries \
              WHERE company_id = $1 AND idempotency_key IN {}",
-            placeholders(2, chunk.len())
+            tx.backend().placeholders(2, chunk.len())
         );
         on_conn!(tx, conn => {
             let mut query = sqlx::query(&sql).bind(company.id);
@@ -478,7 +478,7 @@ async fn write_entries(
         let sql = format!(
             "INSERT INTO ledger_entries (id, company_id, entry_date, memo, kind, source_module, source_document, \
              reverses_entry_id, idempotency_key, request_fingerprint, posted_at) VALUES {}",
-            values_list(chunk.len(), ENTRY_COLUMNS)
+            tx.backend().values_list(chunk.len(), ENTRY_COLUMNS)
         );
         on_conn!(tx, conn => {
             let mut query = sqlx::query(&sql);
@@ -516,7 +516,7 @@ async fn write_entries(
         let sql = format!(
             "INSERT INTO ledger_lines (entry_id, line_no, company_id, account_id, entry_date, currency, \
              amount_minor, rate, base_amount_minor, party_id, memo, dimensions) VALUES {}",
-            values_list(chunk.len(), LINE_COLUMNS)
+            tx.backend().values_list(chunk.len(), LINE_COLUMNS)
         );
         on_conn!(tx, conn => {
             let mut query = sqlx::query(&sql);
@@ -586,7 +586,7 @@ async fn write_entries(
                  credit_minor = b.credit_minor + excluded.credit_minor, \
                  base_debit_minor = b.base_debit_minor + excluded.base_debit_minor, \
                  base_credit_minor = b.base_credit_minor + excluded.base_credit_minor",
-                values_list(chunk.len(), COLUMNS)
+                tx.backend().values_list(chunk.len(), COLUMNS)
             )
             .replace("day_or_month", period_column);
             on_conn!(tx, conn => {
@@ -619,7 +619,7 @@ async fn write_entries(
              credit_minor = b.credit_minor + excluded.credit_minor, \
              base_debit_minor = b.base_debit_minor + excluded.base_debit_minor, \
              base_credit_minor = b.base_credit_minor + excluded.base_credit_minor",
-            values_list(chunk.len(), TOTAL_COLUMNS)
+            tx.backend().values_list(chunk.len(), TOTAL_COLUMNS)
         );
         on_conn!(tx, conn => {
             let mut query = sqlx::query(&sql);
@@ -641,11 +641,22 @@ async fn write_entries(
 }
 
 /// The HTTP response a posting request gets, which is also what its idempotency key replays.
+/// A single entry comes back whole; a batch, which may hold thousands, as the id of each entry
+/// (and its key), in order.
 pub fn render(posted: &[Posted], batch: bool) -> StoredResponse {
     let all_replayed = posted.iter().all(|p| p.replayed);
     let status = if all_replayed { 200 } else { 201 };
     let body = if batch {
-        json!({ "entries": posted.iter().map(|p| &p.view).collect::<Vec<_>>() })
+        let entries: Vec<serde_json::Value> = posted
+            .iter()
+            .map(|p| match &p.view.idempotency_key {
+                Some(key) => {
+                    json!({ "id": p.view.id, "idempotency_key": key, "replayed": p.replayed })
+                }
+                None => json!({ "id": p.view.id, "replayed": p.replayed }),
+            })
+            .collect();
+        json!({ "entries": entries })
     } else {
         serde_json::to_value(&posted[0].view).unwrap_or_default()
     };
@@ -781,28 +792,37 @@ pub async fn post_requests(
     let posted_at = now_micros();
     let mut results: Vec<Option<Result<StoredResponse>>> =
         (0..requests.len()).map(|_| None).collect();
-    // Replays of stored responses are settled first; the rest post together, company by company.
-    let mut to_post: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+    let mut by_company: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
     for (index, request) in requests.iter().enumerate() {
-        if let Some(key) = &request.key {
-            match idempotency::find(&mut tx, &request.company, key).await {
-                Ok(Some(stored)) => {
-                    results[index] = Some(Ok(stored));
-                    continue;
-                }
-                Ok(None) => {}
-                Err(Error::Unexpected(error)) => return Err(error),
-                Err(error) => {
-                    results[index] = Some(Err(error));
-                    continue;
-                }
+        by_company
+            .entry(request.company.id)
+            .or_default()
+            .push(index);
+    }
+    for indexes in by_company.values() {
+        let company = &requests[indexes[0]].company;
+        // Replays of stored responses are settled first, in one query; the rest post together.
+        let keys: Vec<&RequestKey> = indexes
+            .iter()
+            .filter_map(|&i| requests[i].key.as_ref())
+            .collect();
+        let mut stored = match idempotency::find_many(&mut tx, company, &keys).await {
+            Ok(stored) => stored,
+            Err(Error::Unexpected(error)) => return Err(error),
+            Err(error) => return Err(anyhow::anyhow!("{error}")),
+        };
+        let mut to_post = Vec::with_capacity(indexes.len());
+        for &index in indexes {
+            let earlier = requests[index]
+                .key
+                .as_ref()
+                .and_then(|key| stored.remove(&(key.principal.clone(), key.key.clone())));
+            match earlier {
+                Some(outcome) => results[index] = Some(outcome),
+                None => to_post.push(index),
             }
         }
-        to_post.entry(request.company.id).or_default().push(index);
-    }
-    for indexes in to_post.values() {
-        let company = &requests[indexes[0]].company;
-        let jobs: Vec<Job> = indexes
+        let jobs: Vec<Job> = to_post
             .iter()
             .map(|&i| Job {
                 entries: &requests[i].entries,
@@ -810,23 +830,20 @@ pub async fn post_requests(
             })
             .collect();
         let outcomes = post_jobs(&mut tx, company, &jobs, posted_at).await?;
-        for (&index, outcome) in indexes.iter().zip(outcomes) {
-            let request = requests[index];
-            let response = match outcome {
-                Ok(posted) => {
-                    let response = render(&posted, request.batch);
-                    if let Some(key) = &request.key {
-                        match idempotency::store(&mut tx, company, key, &response).await {
-                            Ok(()) => {}
-                            Err(Error::Unexpected(error)) => return Err(error),
-                            Err(error) => return Err(anyhow::anyhow!("{error}")),
-                        }
-                    }
-                    Ok(response)
-                }
-                Err(error) => Err(error),
-            };
-            results[index] = Some(response);
+        let mut responses = Vec::new();
+        for (&index, outcome) in to_post.iter().zip(outcomes) {
+            let outcome = outcome.map(|posted| render(&posted, requests[index].batch));
+            if let (Some(key), Ok(response)) = (&requests[index].key, &outcome) {
+                responses.push((key, response.clone()));
+            }
+            results[index] = Some(outcome);
+        }
+        let responses: Vec<(&RequestKey, &StoredResponse)> =
+            responses.iter().map(|(k, r)| (*k, r)).collect();
+        match idempotency::store_many(&mut tx, company, &responses).await {
+            Ok(()) => {}
+            Err(Error::Unexpected(error)) => return Err(error),
+            Err(error) => return Err(anyhow::anyhow!("{error}")),
         }
     }
     tx.commit().await?;

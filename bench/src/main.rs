@@ -1,0 +1,413 @@
+//! Measures a real `keel serve` process over HTTP, as a client would use it:
+//!
+//! * batch ingest of two-line entries through `POST /api/v1/ledger/entries:batch`;
+//! * single-entry `POST /api/v1/ledger/entries` from many concurrent clients;
+//! * `GET /api/v1/ledger/trial-balance` over a large ledger;
+//! * resident memory of the idle server.
+//!
+//! `cargo run --release -p keel-bench -- --keel target/release/keel` (SQLite), add
+//! `--postgres-url postgres://user@host/postgres` to measure PostgreSQL instead. The results
+//! are recorded in docs/PERFORMANCE.md.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use clap::Parser;
+use serde_json::{Value, json};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// The `keel` binary to measure (build it with --release).
+    #[arg(long, default_value = "target/release/keel")]
+    keel: PathBuf,
+    /// Measure PostgreSQL: an admin URL on which the bench creates a fresh database.
+    #[arg(long)]
+    postgres_url: Option<String>,
+    /// Entries posted by the batch-ingest measurement.
+    #[arg(long, default_value_t = 100_000)]
+    batch_entries: usize,
+    /// Entries per batch request.
+    #[arg(long, default_value_t = 5_000)]
+    batch_size: usize,
+    /// Concurrent clients of the single-entry measurement.
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// How long the single-entry measurement runs.
+    #[arg(long, default_value_t = 10)]
+    single_seconds: u64,
+    /// Accounts in the chart for the trial-balance measurement.
+    #[arg(long, default_value_t = 500)]
+    accounts: usize,
+    /// Lines in the ledger when the trial balance is measured.
+    #[arg(long, default_value_t = 1_000_000)]
+    trial_balance_lines: usize,
+    /// Trial balances requested.
+    #[arg(long, default_value_t = 200)]
+    trial_balance_requests: usize,
+}
+
+/// A `keel serve` child process on a fresh database.
+struct Server {
+    child: Child,
+    base: String,
+    _data_dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    async fn start(args: &Args) -> anyhow::Result<Self> {
+        let mut command = Command::new(&args.keel);
+        command
+            .args(["serve", "--addr", "127.0.0.1:0"])
+            .env("KEEL_LOG", "warn");
+        let data_dir = match &args.postgres_url {
+            Some(admin_url) => {
+                let name = format!("keel_bench_{}", std::process::id());
+                let admin = sqlx::PgPool::connect(admin_url)
+                    .await
+                    .context("connecting to PostgreSQL")?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+                    .execute(&admin)
+                    .await?;
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&admin)
+                    .await?;
+                admin.close().await;
+                let (base, _) = admin_url
+                    .rsplit_once('/')
+                    .context("a URL with a database name")?;
+                command.args(["--database-url", &format!("{base}/{name}")]);
+                None
+            }
+            None => {
+                let dir = tempfile::tempdir()?;
+                command.arg("--data-dir").arg(dir.path());
+                Some(dir)
+            }
+        };
+        let mut child = command
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", args.keel.display()))?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let base = BufReader::new(stdout)
+            .lines()
+            .find_map(|line| {
+                line.ok()?
+                    .strip_prefix("Keel listening on ")
+                    .map(str::to_owned)
+            })
+            .context("keel serve did not print its address")?;
+        Ok(Self {
+            child,
+            base,
+            _data_dir: data_dir,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Resident set size of the server process, from /proc.
+    fn resident_bytes(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .context("VmRSS")?;
+        let kib: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .context("VmRSS value")?
+            .parse()?;
+        Ok(kib * 1024)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn account_code(index: usize) -> String {
+    format!("B{index:04}")
+}
+
+/// A two-line entry moving `cents` between two of the bench accounts.
+fn entry(n: usize, accounts: usize, day: u32) -> Value {
+    let debit = account_code(n % accounts);
+    let credit = account_code((n * 7 + 1) % accounts);
+    let cents = 100 + (n % 100_000);
+    let amount = format!("{}.{:02}", cents / 100, cents % 100);
+    json!({
+        "date": format!("2025-{:02}-{:02}", 1 + (day / 28) % 12, 1 + day % 28),
+        "memo": "bench",
+        "lines": [{ "account": debit, "debit": amount }, { "account": credit, "credit": amount }]
+    })
+}
+
+async fn check(response: reqwest::Response, what: &str) -> anyhow::Result<Value> {
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!("{what} failed with {status}: {body}");
+    }
+    Ok(body)
+}
+
+async fn set_up_chart(
+    http: &reqwest::Client,
+    server: &Server,
+    accounts: usize,
+) -> anyhow::Result<()> {
+    check(
+        http.post(server.url("/api/v1/ledger/fiscal-years"))
+            .json(&json!({ "start": "2025-01-01" }))
+            .send()
+            .await?,
+        "opening 2025",
+    )
+    .await?;
+    let types = ["asset", "liability", "equity", "income", "expense"];
+    for index in 0..accounts {
+        let account = json!({ "code": account_code(index), "name": format!("Bench account {index}"), "type": types[index % types.len()] });
+        check(
+            http.post(server.url("/api/v1/ledger/accounts"))
+                .json(&account)
+                .send()
+                .await?,
+            "creating an account",
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Posts `count` entries in batches of `batch_size`; returns entries per second.
+async fn ingest(
+    http: &reqwest::Client,
+    server: &Server,
+    first: usize,
+    count: usize,
+    batch_size: usize,
+    accounts: usize,
+) -> anyhow::Result<f64> {
+    let bodies: Vec<Vec<u8>> = (first..first + count)
+        .collect::<Vec<_>>()
+        .chunks(batch_size)
+        .map(|chunk| {
+            let entries: Vec<Value> = chunk
+                .iter()
+                .map(|&n| entry(n, accounts, u32::try_from(n % 336).unwrap_or(0)))
+                .collect();
+            serde_json::to_vec(&json!({ "entries": entries }))
+        })
+        .collect::<Result<_, _>>()?;
+    let started = Instant::now();
+    for body in bodies {
+        let response = http
+            .post(server.url("/api/v1/ledger/entries:batch"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await?;
+        ensure!(
+            response.status() == 201,
+            "batch refused: {}",
+            response.text().await?
+        );
+    }
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}
+
+struct SingleResult {
+    per_second: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+/// `clients` clients each post one entry at a time for `seconds`.
+async fn single_entries(
+    server: &Server,
+    clients: usize,
+    seconds: u64,
+    accounts: usize,
+) -> anyhow::Result<SingleResult> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let posted = Arc::new(AtomicU64::new(0));
+    let url = server.url("/api/v1/ledger/entries");
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let (stop, posted, url) = (stop.clone(), posted.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut latencies = Vec::new();
+            let mut n = client * 10_000_000;
+            while !stop.load(Ordering::Relaxed) {
+                let body =
+                    serde_json::to_vec(&entry(n, accounts, u32::try_from(n % 336).unwrap_or(0)))?;
+                let started = Instant::now();
+                let response = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("idempotency-key", format!("single-{n}"))
+                    .body(body)
+                    .send()
+                    .await?;
+                ensure!(
+                    response.status() == 201,
+                    "posting refused: {}",
+                    response.text().await?
+                );
+                latencies.push(started.elapsed());
+                posted.fetch_add(1, Ordering::Relaxed);
+                n += 1;
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    Ok(SingleResult {
+        per_second: posted.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64(),
+        p50: latencies[latencies.len() / 2],
+        p99: latencies[latencies.len() * 99 / 100],
+    })
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let backend = if args.postgres_url.is_some() {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
+    let server = Server::start(&args).await?;
+    let http = reqwest::Client::new();
+    check(http.get(server.url("/readyz")).send().await?, "readiness").await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    println!("backend: {backend}");
+    println!(
+        "idle resident memory: {:.1} MB",
+        server.resident_bytes()? as f64 / 1e6
+    );
+
+    set_up_chart(&http, &server, args.accounts).await?;
+    let rate = ingest(
+        &http,
+        &server,
+        0,
+        args.batch_entries,
+        args.batch_size,
+        args.accounts,
+    )
+    .await?;
+    println!(
+        "batch ingest: {} two-line entries in batches of {}: {rate:.0} entries/s",
+        args.batch_entries, args.batch_size
+    );
+
+    let single = single_entries(&server, args.clients, args.single_seconds, args.accounts).await?;
+    println!(
+        "single-entry POST, {} clients, durable: {:.0} entries/s (latency p50 {:.1} ms, p99 {:.1} ms)",
+        args.clients,
+        single.per_second,
+        single.p50.as_secs_f64() * 1e3,
+        single.p99.as_secs_f64() * 1e3
+    );
+
+    // Fill the ledger up to the line count the trial balance is measured at.
+    let tb: Value = check(
+        http.get(server.url("/api/v1/ledger/trial-balance?as_of=2025-12-31"))
+            .send()
+            .await?,
+        "trial balance",
+    )
+    .await?;
+    let entries_now = {
+        let page = check(
+            http.get(server.url("/api/v1/ledger/entries?limit=1"))
+                .send()
+                .await?,
+            "entries",
+        )
+        .await?;
+        drop(page);
+        args.batch_entries + (single.per_second * args.single_seconds as f64) as usize
+    };
+    let missing_entries = (args.trial_balance_lines / 2).saturating_sub(entries_now);
+    if missing_entries > 0 {
+        ingest(
+            &http,
+            &server,
+            20_000_000,
+            missing_entries,
+            args.batch_size,
+            args.accounts,
+        )
+        .await?;
+    }
+    ensure!(
+        tb["balanced"] == true,
+        "the trial balance does not balance: {tb}"
+    );
+    let mut latencies = Vec::with_capacity(args.trial_balance_requests);
+    let mut rows = 0;
+    for request in 0..args.trial_balance_requests {
+        // Alternate between "today" (the running totals) and a date inside the data (months + days).
+        let as_of = if request % 2 == 0 {
+            "2025-12-31"
+        } else {
+            "2025-06-15"
+        };
+        let started = Instant::now();
+        let body = check(
+            http.get(server.url(&format!("/api/v1/ledger/trial-balance?as_of={as_of}")))
+                .send()
+                .await?,
+            "trial balance",
+        )
+        .await?;
+        latencies.push((as_of, started.elapsed()));
+        rows = rows.max(body["rows"].as_array().map_or(0, Vec::len));
+        ensure!(
+            body["balanced"] == true,
+            "the trial balance does not balance"
+        );
+    }
+    for as_of in ["2025-12-31", "2025-06-15"] {
+        let mut these: Vec<Duration> = latencies
+            .iter()
+            .filter(|(d, _)| *d == as_of)
+            .map(|(_, l)| *l)
+            .collect();
+        these.sort_unstable();
+        println!(
+            "trial balance as of {as_of} over ~{} lines, {} accounts ({rows} rows): p50 {:.2} ms, p99 {:.2} ms (client-side, HTTP included)",
+            args.trial_balance_lines,
+            args.accounts,
+            these[these.len() / 2].as_secs_f64() * 1e3,
+            these[these.len() * 99 / 100].as_secs_f64() * 1e3
+        );
+    }
+    println!(
+        "resident memory after the run: {:.1} MB",
+        server.resident_bytes()? as f64 / 1e6
+    );
+    Ok(())
+}
