@@ -34,6 +34,9 @@ struct Args {
     /// Entries per batch request.
     #[arg(long, default_value_t = 5_000)]
     batch_size: usize,
+    /// Batch requests in flight at once.
+    #[arg(long, default_value_t = 2)]
+    batch_concurrency: usize,
     /// Concurrent clients of the single-entry measurement.
     #[arg(long, default_value_t = 32)]
     clients: usize,
@@ -49,6 +52,12 @@ struct Args {
     /// Trial balances requested.
     #[arg(long, default_value_t = 200)]
     trial_balance_requests: usize,
+    /// Batch entries in random date order instead of date order.
+    #[arg(long)]
+    shuffled_dates: bool,
+    /// Stop after the batch-ingest measurement (for profiling one path).
+    #[arg(long)]
+    only_batch: bool,
 }
 
 /// A `keel serve` child process on a fresh database.
@@ -140,6 +149,9 @@ fn account_code(index: usize) -> String {
     format!("B{index:04}")
 }
 
+/// Days of 2025 the entries are spread over (12 months of 28 days).
+const DAYS: usize = 336;
+
 /// A two-line entry moving `cents` between two of the bench accounts.
 fn entry(n: usize, accounts: usize, day: u32) -> Value {
     let debit = account_code(n % accounts);
@@ -194,40 +206,68 @@ async fn set_up_chart(
 async fn ingest(
     http: &reqwest::Client,
     server: &Server,
+    args: &Args,
     first: usize,
     count: usize,
-    batch_size: usize,
-    accounts: usize,
 ) -> anyhow::Result<f64> {
     let bodies: Vec<Vec<u8>> = (first..first + count)
         .collect::<Vec<_>>()
-        .chunks(batch_size)
+        .chunks(args.batch_size)
         .map(|chunk| {
+            let (accounts, shuffled_dates) = (args.accounts, args.shuffled_dates);
             let entries: Vec<Value> = chunk
                 .iter()
-                .map(|&n| entry(n, accounts, u32::try_from(n % 336).unwrap_or(0)))
+                .map(|&n| {
+                    // An import of history is in date order, as exports from other systems are;
+                    // --shuffled-dates measures the worst case, dates all over the year.
+                    let day = if shuffled_dates {
+                        n % DAYS
+                    } else {
+                        (n - first) * DAYS / count
+                    };
+                    entry(n, accounts, u32::try_from(day).unwrap_or(0))
+                })
                 .collect();
             serde_json::to_vec(&json!({ "entries": entries }))
         })
         .collect::<Result<_, _>>()?;
+    // Each connection sends its share of the batches one after the other, so the server parses
+    // one request while it commits another, as a real importer with a few workers would.
+    let url = server.url("/api/v1/ledger/entries:batch");
+    let concurrency = args.batch_concurrency;
+    let mut shares: Vec<Vec<Vec<u8>>> = (0..concurrency).map(|_| Vec::new()).collect();
+    for (index, body) in bodies.into_iter().enumerate() {
+        shares[index % concurrency].push(body);
+    }
     let started = Instant::now();
-    for body in bodies {
-        let response = http
-            .post(server.url("/api/v1/ledger/entries:batch"))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await?;
-        ensure!(
-            response.status() == 201,
-            "batch refused: {}",
-            response.text().await?
-        );
+    let mut workers = Vec::new();
+    for share in shares {
+        let (http, url) = (http.clone(), url.clone());
+        workers.push(tokio::spawn(async move {
+            for body in share {
+                let response = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await?;
+                ensure!(
+                    response.status() == 201,
+                    "batch refused: {}",
+                    response.text().await?
+                );
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for worker in workers {
+        worker.await??;
     }
     Ok(count as f64 / started.elapsed().as_secs_f64())
 }
 
 struct SingleResult {
+    posted: usize,
     per_second: f64,
     p50: Duration,
     p99: Duration,
@@ -252,7 +292,7 @@ async fn single_entries(
             let mut n = client * 10_000_000;
             while !stop.load(Ordering::Relaxed) {
                 let body =
-                    serde_json::to_vec(&entry(n, accounts, u32::try_from(n % 336).unwrap_or(0)))?;
+                    serde_json::to_vec(&entry(n, accounts, u32::try_from(n % DAYS).unwrap_or(0)))?;
                 let started = Instant::now();
                 let response = http
                     .post(&url)
@@ -283,6 +323,7 @@ async fn single_entries(
     let elapsed = started.elapsed();
     latencies.sort_unstable();
     Ok(SingleResult {
+        posted: usize::try_from(posted.load(Ordering::Relaxed))?,
         per_second: posted.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64(),
         p50: latencies[latencies.len() / 2],
         p99: latencies[latencies.len() * 99 / 100],
@@ -308,19 +349,14 @@ async fn main() -> anyhow::Result<()> {
     );
 
     set_up_chart(&http, &server, args.accounts).await?;
-    let rate = ingest(
-        &http,
-        &server,
-        0,
-        args.batch_entries,
-        args.batch_size,
-        args.accounts,
-    )
-    .await?;
+    let rate = ingest(&http, &server, &args, 0, args.batch_entries).await?;
     println!(
         "batch ingest: {} two-line entries in batches of {}: {rate:.0} entries/s",
         args.batch_entries, args.batch_size
     );
+    if args.only_batch {
+        return Ok(());
+    }
 
     let single = single_entries(&server, args.clients, args.single_seconds, args.accounts).await?;
     println!(
@@ -339,28 +375,10 @@ async fn main() -> anyhow::Result<()> {
         "trial balance",
     )
     .await?;
-    let entries_now = {
-        let page = check(
-            http.get(server.url("/api/v1/ledger/entries?limit=1"))
-                .send()
-                .await?,
-            "entries",
-        )
-        .await?;
-        drop(page);
-        args.batch_entries + (single.per_second * args.single_seconds as f64) as usize
-    };
+    let entries_now = args.batch_entries + single.posted;
     let missing_entries = (args.trial_balance_lines / 2).saturating_sub(entries_now);
     if missing_entries > 0 {
-        ingest(
-            &http,
-            &server,
-            20_000_000,
-            missing_entries,
-            args.batch_size,
-            args.accounts,
-        )
-        .await?;
+        ingest(&http, &server, &args, 20_000_000, missing_entries).await?;
     }
     ensure!(
         tb["balanced"] == true,

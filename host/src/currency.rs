@@ -1,7 +1,7 @@
 //! Currencies: the ISO 4217 list with the number of decimal places each allows.
 
 use crate::db::Database;
-use crate::on_pool;
+use crate::on_conn;
 
 /// A currency the ledger accepts: its ISO 4217 code and how many minor units (decimal places)
 /// an amount in it may carry.
@@ -196,16 +196,18 @@ pub(crate) async fn seed(db: &Database) -> anyhow::Result<()> {
         "INSERT INTO currencies (code, name, minor_units) VALUES {} ON CONFLICT (code) DO NOTHING",
         db.backend().values_list(ISO_4217.len(), 3)
     );
-    on_pool!(db, pool => {
+    let mut tx = db.begin_write().await?;
+    on_conn!(&mut tx, conn => {
         let mut query = sqlx::query(&sql);
         for currency in ISO_4217 {
             query = query
                 .bind(currency.code)
                 .bind(currency.name)
-                .bind(i32::try_from(currency.minor_units).unwrap_or(i32::MAX));
+                .bind(i64::from(currency.minor_units));
         }
-        query.execute(pool).await?;
+        query.execute(&mut *conn).await?;
     });
+    tx.commit().await?;
     Ok(())
 }
 

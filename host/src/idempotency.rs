@@ -143,7 +143,7 @@ pub async fn store_many(
 ) -> Result<()> {
     const COLUMNS: usize = 7;
     let created_at = Utc::now();
-    for chunk in responses.chunks(crate::db::BIND_PARAMETERS_MAX / COLUMNS) {
+    for chunk in crate::db::statement_chunks(responses) {
         let bodies: Vec<String> = chunk
             .iter()
             .map(|(_, response)| serde_json::to_string(&response.body))

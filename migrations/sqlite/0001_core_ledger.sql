@@ -78,12 +78,16 @@ CREATE TABLE ledger_entries (
     reverses_entry_id   INTEGER REFERENCES ledger_entries (id),
     idempotency_key     TEXT,
     request_fingerprint TEXT,
-    posted_at           TEXT NOT NULL,
-    CONSTRAINT ledger_entries_reversed_once UNIQUE (reverses_entry_id),
-    CONSTRAINT ledger_entries_idempotency_unique UNIQUE (company_id, idempotency_key)
+    posted_at           TEXT NOT NULL
 ) STRICT;
 CREATE INDEX ledger_entries_by_date ON ledger_entries (company_id, entry_date, id);
-CREATE INDEX ledger_entries_by_source ON ledger_entries (company_id, source_module, source_document);
+-- Partial indexes: most entries have no source, key or reversal, and skip them entirely.
+CREATE INDEX ledger_entries_by_source ON ledger_entries (company_id, source_module, source_document)
+    WHERE source_module IS NOT NULL;
+CREATE UNIQUE INDEX ledger_entries_reversed_once ON ledger_entries (reverses_entry_id)
+    WHERE reverses_entry_id IS NOT NULL;
+CREATE UNIQUE INDEX ledger_entries_idempotency_unique ON ledger_entries (company_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
 
 -- amount_minor and base_amount_minor are signed: debit positive, credit negative.
 CREATE TABLE ledger_lines (

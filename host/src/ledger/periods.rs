@@ -484,7 +484,7 @@ async fn post_system_entry(tx: &mut Tx, company: &Company, draft: EntryDraft) ->
     )
     .await?;
     let posted = results.pop().expect("one result per job")?;
-    Ok(posted[0].view.id)
+    Ok(posted[0].id)
 }
 
 /// Reopens the most recent closed fiscal year: reverses its closing entry and opens the year.

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::entries::{self, EntryView};
 use super::model::{EntryDraft, EntryKind};
 use crate::company::Company;
-use crate::db::{BIND_PARAMETERS_MAX, Database, Row, Tx};
+use crate::db::{Database, Row, SqlDate, Tx, statement_chunks};
 use crate::error::{Error, FieldError, Result, join_path};
 use crate::idempotency::{self, RequestKey, StoredResponse};
 use crate::on_conn;
@@ -33,9 +33,12 @@ const KEYS_PER_QUERY_MAX: usize = 500;
 /// An entry as posted, or as found already posted under the same idempotency key.
 #[derive(Debug, Clone)]
 pub struct Posted {
-    pub view: EntryView,
+    pub id: i64,
+    pub idempotency_key: Option<String>,
     /// True when the entry existed already and nothing was written.
     pub replayed: bool,
+    /// The whole entry, for single-entry jobs only.
+    pub view: Option<EntryView>,
 }
 
 /// Entries that post together or not at all. In a batch, errors name `entries[i]`.
@@ -387,16 +390,20 @@ pub async fn post_jobs(
             .collect());
     }
 
-    let existing_ids: Vec<i64> = plans
+    // Whole views only for single-entry jobs: a batch answers with ids, and building views for
+    // thousands of entries costs as much as a fifth of posting them.
+    let existing_ids: Vec<i64> = jobs
         .iter()
-        .flatten()
+        .zip(&plans)
+        .filter(|(job, _)| !job.batch)
+        .filter_map(|(_, plans)| plans.as_ref().ok())
         .flatten()
         .filter_map(|plan| match plan {
             Plan::Existing(id) => Some(*id),
             Plan::New(_) => None,
         })
         .collect();
-    let existing: HashMap<i64, EntryView> = if existing_ids.is_empty() {
+    let mut existing: HashMap<i64, EntryView> = if existing_ids.is_empty() {
         HashMap::new()
     } else {
         entries::load(tx, company, &existing_ids)
@@ -406,24 +413,33 @@ pub async fn post_jobs(
             .map(|stored| (stored.id, stored.view(company)))
             .collect()
     };
-    Ok(plans
-        .into_iter()
-        .map(|plan| {
-            plan.map(|plans| {
-                plans
-                    .into_iter()
-                    .map(|plan| match plan {
-                        Plan::New(n) => Posted {
-                            view: EntryView::from_draft(ids[n], new_drafts[n], posted_at, company),
-                            replayed: false,
-                        },
-                        Plan::Existing(id) => Posted {
-                            view: existing
-                                .get(&id)
-                                .cloned()
+    Ok(jobs
+        .iter()
+        .zip(plans)
+        .map(|(job, plans)| {
+            plans.map(|plans| {
+                job.entries
+                    .iter()
+                    .zip(plans)
+                    .map(|(draft, plan)| {
+                        let (id, replayed) = match plan {
+                            Plan::New(n) => (ids[n], false),
+                            Plan::Existing(id) => (id, true),
+                        };
+                        let view = (!job.batch).then(|| match plan {
+                            Plan::New(n) => {
+                                EntryView::from_draft(id, new_drafts[n], posted_at, company)
+                            }
+                            Plan::Existing(id) => existing
+                                .remove(&id)
                                 .expect("replayed entries were loaded above"),
-                            replayed: true,
-                        },
+                        });
+                        Posted {
+                            id,
+                            idempotency_key: draft.idempotency_key.clone(),
+                            replayed,
+                            view,
+                        }
                     })
                     .collect()
             })
@@ -471,10 +487,8 @@ async fn write_entries(
         return Ok(Ok(()));
     }
     const ENTRY_COLUMNS: usize = 11;
-    for (chunk, chunk_ids) in drafts
-        .chunks(BIND_PARAMETERS_MAX / ENTRY_COLUMNS)
-        .zip(ids.chunks(BIND_PARAMETERS_MAX / ENTRY_COLUMNS))
-    {
+    let numbered: Vec<(&&EntryDraft, &i64)> = drafts.iter().zip(ids).collect();
+    for chunk in statement_chunks(&numbered) {
         let sql = format!(
             "INSERT INTO ledger_entries (id, company_id, entry_date, memo, kind, source_module, source_document, \
              reverses_entry_id, idempotency_key, request_fingerprint, posted_at) VALUES {}",
@@ -482,11 +496,11 @@ async fn write_entries(
         );
         on_conn!(tx, conn => {
             let mut query = sqlx::query(&sql);
-            for (draft, id) in chunk.iter().zip(chunk_ids) {
+            for (draft, id) in chunk {
                 query = query
                     .bind(id)
                     .bind(company.id)
-                    .bind(draft.date)
+                    .bind(SqlDate(draft.date))
                     .bind(&draft.memo)
                     .bind(draft.kind.as_str())
                     .bind(draft.source.as_ref().map(|s| s.module.as_str()))
@@ -512,7 +526,7 @@ async fn write_entries(
                 .map(move |(n, line)| (*id, n + 1, *draft, line))
         })
         .collect();
-    for chunk in lines.chunks(BIND_PARAMETERS_MAX / LINE_COLUMNS) {
+    for chunk in statement_chunks(&lines) {
         let sql = format!(
             "INSERT INTO ledger_lines (entry_id, line_no, company_id, account_id, entry_date, currency, \
              amount_minor, rate, base_amount_minor, party_id, memo, dimensions) VALUES {}",
@@ -527,7 +541,7 @@ async fn write_entries(
                     .bind(i64::try_from(*line_no).unwrap_or(i64::MAX))
                     .bind(company.id)
                     .bind(account_id)
-                    .bind(draft.date)
+                    .bind(SqlDate(draft.date))
                     .bind(line.currency.code)
                     .bind(line.amount_minor)
                     .bind(line.rate.map(|r| r.to_string()))
@@ -577,7 +591,7 @@ async fn write_entries(
     ] {
         const COLUMNS: usize = 9;
         let rows: Vec<_> = rows.iter().collect();
-        for chunk in rows.chunks(BIND_PARAMETERS_MAX / COLUMNS) {
+        for chunk in statement_chunks(&rows) {
             let sql = format!(
                 "INSERT INTO {table} AS b (company_id, day_or_month, account_id, currency, closing, debit_minor, \
                  credit_minor, base_debit_minor, base_credit_minor) VALUES {} \
@@ -594,7 +608,7 @@ async fn write_entries(
                 for ((date, account_id, currency, closing), sums) in chunk {
                     query = query
                         .bind(company.id)
-                        .bind(date)
+                        .bind(SqlDate(*date))
                         .bind(account_id)
                         .bind(*currency)
                         .bind(closing)
@@ -609,7 +623,7 @@ async fn write_entries(
     }
     const TOTAL_COLUMNS: usize = 8;
     let rows: Vec<_> = totals.iter().collect();
-    for chunk in rows.chunks(BIND_PARAMETERS_MAX / TOTAL_COLUMNS) {
+    for chunk in statement_chunks(&rows) {
         let sql = format!(
             "INSERT INTO ledger_balances AS b (company_id, account_id, currency, last_day, debit_minor, credit_minor, \
              base_debit_minor, base_credit_minor) VALUES {} \
@@ -628,7 +642,7 @@ async fn write_entries(
                     .bind(company.id)
                     .bind(account_id)
                     .bind(*currency)
-                    .bind(last_day)
+                    .bind(SqlDate(*last_day))
                     .bind(sums.debit)
                     .bind(sums.credit)
                     .bind(sums.base_debit)
@@ -649,16 +663,18 @@ pub fn render(posted: &[Posted], batch: bool) -> StoredResponse {
     let body = if batch {
         let entries: Vec<serde_json::Value> = posted
             .iter()
-            .map(|p| match &p.view.idempotency_key {
-                Some(key) => {
-                    json!({ "id": p.view.id, "idempotency_key": key, "replayed": p.replayed })
-                }
-                None => json!({ "id": p.view.id, "replayed": p.replayed }),
+            .map(|p| match &p.idempotency_key {
+                Some(key) => json!({ "id": p.id, "idempotency_key": key, "replayed": p.replayed }),
+                None => json!({ "id": p.id, "replayed": p.replayed }),
             })
             .collect();
         json!({ "entries": entries })
     } else {
-        serde_json::to_value(&posted[0].view).unwrap_or_default()
+        let view = posted[0]
+            .view
+            .as_ref()
+            .expect("a single-entry job carries its view");
+        serde_json::to_value(view).unwrap_or_default()
     };
     StoredResponse::new(status, body)
 }

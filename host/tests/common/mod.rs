@@ -312,7 +312,11 @@ impl TestApp {
         let count = |table: &'static str| async move {
             let sql = format!("SELECT COUNT(*) AS n FROM {table}");
             match &self.state.db {
-                Database::Sqlite(pool) => sqlx::query_scalar::<_, i64>(&sql).fetch_one(pool).await,
+                Database::Sqlite(pools) => {
+                    sqlx::query_scalar::<_, i64>(&sql)
+                        .fetch_one(&pools.reads)
+                        .await
+                }
                 Database::Postgres(pool) => {
                     sqlx::query_scalar::<_, i64>(&sql).fetch_one(pool).await
                 }
