@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use super::model::{ACCOUNT_NAME_CHARS_MAX, AccountCode, AccountType};
 use crate::company::Company;
 use crate::currency;
-use crate::db::{Row, Tx, UniqueConstraint};
+use crate::db::{Param, Row, Tx, UniqueConstraint};
 use crate::error::{Error, FieldError, Result};
 use crate::on_conn;
 
@@ -112,16 +112,36 @@ fn from_row(row: &impl Row) -> anyhow::Result<Account> {
 
 /// Every account of the company, in code order.
 pub async fn list(tx: &mut Tx, company: &Company) -> Result<Vec<Account>> {
-    let sql = format!("{SELECT_ACCOUNT} WHERE a.company_id = $1 ORDER BY a.code");
-    Ok(on_conn!(tx, conn => {
-        sqlx::query(&sql)
-            .bind(company.id)
-            .fetch_all(&mut *conn)
-            .await?
-            .iter()
-            .map(from_row)
-            .collect::<anyhow::Result<Vec<_>>>()?
-    }))
+    let sql = format!("{SELECT_ACCOUNT} WHERE a.company_id = $1");
+    let columns = [
+        "id",
+        "code",
+        "name",
+        "account_type",
+        "parent_id",
+        "parent_code",
+        "currency",
+        "active",
+    ];
+    let mut accounts = tx
+        .fetch_packed(&sql, &columns, &[Param::Int(Some(company.id))])
+        .await?
+        .iter()
+        .map(|row| -> anyhow::Result<Account> {
+            Ok(Account {
+                id: row.int(0)?,
+                code: row.text(1)?,
+                name: row.text(2)?,
+                account_type: AccountType::parse(&row.text(3)?).map_err(anyhow::Error::msg)?,
+                parent_id: row.opt_int(4)?,
+                parent_code: row.opt_text(5)?,
+                currency: row.opt_text(6)?,
+                active: row.flag(7)?,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    accounts.sort_by(|a, b| a.code.cmp(&b.code));
+    Ok(accounts)
 }
 
 pub async fn find(tx: &mut Tx, company: &Company, code: &str) -> Result<Option<Account>> {

@@ -13,7 +13,7 @@ use super::chart::{self, Account};
 use super::model::{AccountType, SourceRef, format_minor};
 use crate::company::Company;
 use crate::currency;
-use crate::db::{Row, Tx};
+use crate::db::{Param, Row, Tx};
 use crate::error::{Error, Result};
 use crate::on_conn;
 
@@ -200,30 +200,31 @@ async fn sum_query(
     account_id: Option<i64>,
     dates: &[NaiveDate],
 ) -> Result<Vec<((i64, String), Option<NaiveDate>, Sums)>> {
-    let decode = |row: &dyn Fn(&str) -> anyhow::Result<i64>| -> anyhow::Result<Sums> {
-        Ok(Sums {
-            debit: row("debit_minor")?,
-            credit: row("credit_minor")?,
-            base_debit: row("base_debit_minor")?,
-            base_credit: row("base_credit_minor")?,
+    let mut params = vec![Param::Int(Some(company_id)), Param::Int(account_id)];
+    params.extend(dates.iter().map(|date| Param::Date(Some(*date))));
+    let columns = [
+        "account_id",
+        "currency",
+        "last_day",
+        "debit_minor",
+        "credit_minor",
+        "base_debit_minor",
+        "base_credit_minor",
+    ];
+    Ok(tx
+        .fetch_packed(sql, &columns, &params)
+        .await?
+        .iter()
+        .map(|row| -> anyhow::Result<_> {
+            let sums = Sums {
+                debit: row.int(3)?,
+                credit: row.int(4)?,
+                base_debit: row.int(5)?,
+                base_credit: row.int(6)?,
+            };
+            Ok(((row.int(0)?, row.text(1)?), row.opt_date(2)?, sums))
         })
-    };
-    Ok(on_conn!(tx, conn => {
-        let mut query = sqlx::query(sql).bind(company_id).bind(account_id);
-        for date in dates {
-            query = query.bind(date);
-        }
-        query
-            .fetch_all(&mut *conn)
-            .await?
-            .iter()
-            .map(|row| -> anyhow::Result<_> {
-                let sums = decode(&|column| row.int(column))?;
-                let last_day = if dates.is_empty() { row.opt_date("last_day")? } else { None };
-                Ok(((row.int("account_id")?, row.text("currency")?), last_day, sums))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?
-    }))
+        .collect::<anyhow::Result<Vec<_>>>()?)
 }
 
 /// An amount in one currency, on its debit or credit side.
@@ -282,19 +283,22 @@ pub async fn trial_balance(
     let balances = activity(tx, company, None, as_of, Closing::Include, None).await?;
     let accounts = chart::list(tx, company).await?;
     let base = company.base_currency;
+    // Account id → its balances by currency, in currency order.
+    let mut by_account: HashMap<i64, BTreeMap<&str, &Sums>> =
+        HashMap::with_capacity(accounts.len());
+    for ((account_id, currency), sums) in &balances {
+        by_account
+            .entry(*account_id)
+            .or_default()
+            .insert(currency, sums);
+    }
     let (mut total_debit, mut total_credit) = (0_i64, 0_i64);
     let mut rows = Vec::new();
     for account in &accounts {
         let mut base_net = 0_i64;
         let mut foreign = Vec::new();
         let mut has_lines = false;
-        let mut currencies: Vec<(&String, &Sums)> = balances
-            .iter()
-            .filter(|((id, _), _)| *id == account.id)
-            .map(|((_, currency), sums)| (currency, sums))
-            .collect();
-        currencies.sort_by(|a, b| a.0.cmp(b.0));
-        for (code, sums) in currencies {
+        for (code, sums) in by_account.remove(&account.id).unwrap_or_default() {
             has_lines = true;
             base_net += sums.base_net();
             if code != base.code {
@@ -302,7 +306,7 @@ pub async fn trial_balance(
                 let (debit, credit) = side(sums.net(), places);
                 if debit.is_some() || credit.is_some() {
                     foreign.push(ForeignBalance {
-                        currency: code.clone(),
+                        currency: code.to_owned(),
                         debit,
                         credit,
                     });
