@@ -228,6 +228,7 @@ async fn serve(addr: SocketAddr, database: &DatabaseArgs) -> anyhow::Result<()> 
          {addr} would expose the ledger to the network"
     );
     let (db, companies) = database.open().await?;
+    db.checkpoint_in_background();
     let state = AppState {
         db: db.clone(),
         companies,

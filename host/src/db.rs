@@ -35,10 +35,13 @@ const POSTGRES_CONNECTIONS_MAX: u32 = 16;
 /// SQLite's write lock before giving up with "database is locked".
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// WAL pages (4 KiB) written before SQLite copies them back into the database file. The default
-/// (1,000) checkpoints several times during one large batch; 10,000 (about 40 MB of WAL)
-/// checkpoints far less often for the same durability.
-const SQLITE_WAL_PAGES_BEFORE_CHECKPOINT: &str = "10000";
+/// WAL pages (4 KiB) after which a committing writer copies the WAL back into the database file
+/// itself. A server checkpoints in the background (see [`Database::checkpoint_in_background`]),
+/// off the writer's path; this is the backstop, about 400 MB.
+const SQLITE_WAL_PAGES_BEFORE_CHECKPOINT: &str = "100000";
+
+/// How often the server copies committed WAL pages into the database file.
+const SQLITE_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Page cache per connection, as SQLite's negative-KiB `cache_size`. With the 2 MiB default a
 /// large batch spills dirty pages to the WAL before it commits, writing many pages twice.
@@ -250,6 +253,29 @@ impl Database {
                     .await?,
             ),
         })
+    }
+
+    /// On SQLite, starts a task that checkpoints the WAL every second from a reading connection,
+    /// so the writer never stops to do it. (PASSIVE: it copies what no reader still needs and
+    /// never blocks anyone.) The task ends when the database is closed.
+    pub fn checkpoint_in_background(&self) {
+        let Self::Sqlite(pools) = self else { return };
+        let pool = pools.reads.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(SQLITE_CHECKPOINT_INTERVAL);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while !pool.is_closed() {
+                interval.tick().await;
+                let checkpoint = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                    .execute(&pool)
+                    .await;
+                if let Err(error) = checkpoint
+                    && !pool.is_closed()
+                {
+                    tracing::warn!(%error, "checkpointing the SQLite WAL failed; will retry");
+                }
+            }
+        });
     }
 
     /// True when the database answers a trivial query.
