@@ -36,15 +36,16 @@ async fn acknowledged_entries_survive_a_kill(database: TestDatabase) {
             .status
             .success()
     );
+    let token = process::add_admin(&database);
     let server = Server::start(&database).await;
     let url = server.url("/api/v1/ledger/entries");
     let acknowledged: Arc<Mutex<Vec<(String, Value, Value)>>> = Arc::default();
 
     let mut clients = Vec::new();
     for client in 0..CLIENTS {
-        let (url, acknowledged) = (url.clone(), acknowledged.clone());
+        let (url, acknowledged, token) = (url.clone(), acknowledged.clone(), token.clone());
         clients.push(tokio::spawn(async move {
-            let http = reqwest::Client::new();
+            let http = process::client(&token);
             for n in 0.. {
                 let key = format!("crash-{client}-{n}");
                 let body = entry(client, n);
@@ -80,7 +81,7 @@ async fn acknowledged_entries_survive_a_kill(database: TestDatabase) {
     );
 
     let server = Server::start(&database).await;
-    let http = reqwest::Client::new();
+    let http = process::client(&token);
     let mut acknowledged_total_cents = 0_i64;
     for (key, body, reply) in &acknowledged {
         let id = reply["id"].as_i64().expect("an id");

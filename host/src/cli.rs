@@ -12,10 +12,13 @@ use chrono::Utc;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::api::{self, AppState};
+use crate::audit::{self, Origin};
+use crate::authz::Authz;
 use crate::company::{Companies, Company};
 use crate::db::{Database, Location};
 use crate::error::Error;
 use crate::idempotency::{RequestKey, StoredResponse};
+use crate::identity::{Identity, NewToken, NewUser, UserKind};
 use crate::ledger::model::{EntryInput, LineInput, SourceRef, parse_date};
 use crate::ledger::periods::CloseFiscalYear;
 use crate::ledger::reports::TrialBalance;
@@ -75,7 +78,7 @@ impl DatabaseArgs {
 enum Command {
     /// Serve the HTTP API.
     Serve {
-        /// Address to listen on. Loopback only until authentication exists.
+        /// Address to listen on; every route but login needs a token.
         #[arg(long, env = "KEEL_ADDR", default_value = "127.0.0.1:8080")]
         addr: SocketAddr,
         #[command(flatten)]
@@ -95,6 +98,78 @@ enum Command {
         company: Option<String>,
         #[command(subcommand)]
         command: LedgerCommand,
+    },
+    /// Users: create the first administrator, add users and service accounts.
+    User {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Company code for role grants; the default company when absent.
+        #[arg(long, global = true)]
+        company: Option<String>,
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Roles: list them, grant and revoke them.
+    Role {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Company code; the default company when absent.
+        #[arg(long, global = true)]
+        company: Option<String>,
+        #[command(subcommand)]
+        command: RoleCommand,
+    },
+    /// The audit trail: verify its hash chain, export it.
+    Audit {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create a user with a role and print a new API token (the last line of the output).
+    Add {
+        /// Username: lowercase letters, digits, '.', '-', '_', '@'.
+        name: String,
+        /// Role to grant in the company, e.g. admin, accountant, auditor.
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        display_name: Option<String>,
+        #[arg(long)]
+        email: Option<String>,
+        /// A service account (API tokens only) instead of a person.
+        #[arg(long)]
+        service: bool,
+        /// Read a password for password login from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List users.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum RoleCommand {
+    /// List the roles of the company with their permissions.
+    List,
+    /// Grant ROLE to USER in the company.
+    Grant { user: String, role: String },
+    /// Revoke ROLE from USER in the company.
+    Revoke { user: String, role: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Recompute the hash chain; name the first broken record and exit 1 if there is one.
+    Verify,
+    /// Write every record as JSON Lines to standard output or a file.
+    Export {
+        #[arg(long)]
+        output: Option<PathBuf>,
     },
 }
 
@@ -204,6 +279,40 @@ async fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::User {
+            database,
+            company,
+            command,
+        } => {
+            let (db, companies) = database.open().await?;
+            let company = match company {
+                Some(code) => companies.by_code(&code).await?,
+                None => companies.default_company(),
+            };
+            let result = user_command(&db, &company, command).await;
+            db.close().await;
+            result
+        }
+        Command::Role {
+            database,
+            company,
+            command,
+        } => {
+            let (db, companies) = database.open().await?;
+            let company = match company {
+                Some(code) => companies.by_code(&code).await?,
+                None => companies.default_company(),
+            };
+            let result = role_command(&db, &company, command).await;
+            db.close().await;
+            result
+        }
+        Command::Audit { database, command } => {
+            let db = Database::open(&database.location()?).await?;
+            let result = audit_command(&db, command).await;
+            db.close().await;
+            result
+        }
         Command::Ledger {
             database,
             company,
@@ -222,31 +331,253 @@ async fn run(command: Command) -> anyhow::Result<()> {
 }
 
 async fn serve(addr: SocketAddr, database: &DatabaseArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        addr.ip().is_loopback(),
-        "keel serve listens on loopback addresses only (such as 127.0.0.1:8080) until authentication is in place; \
-         {addr} would expose the ledger to the network"
-    );
     let (db, companies) = database.open().await?;
     db.checkpoint_in_background();
-    let state = AppState {
-        db: db.clone(),
-        companies,
-        ledger: Ledger::with_writer(db.clone()),
-    };
+    let state = AppState::new(db.clone(), companies).await?;
+    if state.identity.count_users().await? == 0 {
+        let location = match (&database.database_url, &database.data_dir) {
+            (Some(_), _) => "--database-url <the same URL>".to_owned(),
+            (None, dir) => format!("--data-dir {}", dir.display()),
+        };
+        let message = format!(
+            "No users exist yet, so every request will be refused. Create the first administrator with\n\n    \
+             keel user add admin --role admin {location}\n\n\
+             It prints an API token; send it as `Authorization: Bearer <token>`."
+        );
+        tracing::warn!("{message}");
+        println!("{message}");
+    }
+    let authz = state.authz.clone();
+    tokio::spawn(async move {
+        // Pick up role and grant changes made by other processes (the CLI, other servers).
+        loop {
+            tokio::time::sleep(crate::authz::POLICY_POLL_INTERVAL).await;
+            if let Err(error) = authz.refresh_if_stale().await {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "reloading the authorization policy failed"
+                );
+            }
+        }
+    });
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening on {addr}"))?;
     let local = listener.local_addr()?;
     tracing::info!(%local, backend = ?db.backend(), "Keel is serving");
     println!("Keel listening on http://{local}");
-    axum::serve(listener, api::app(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving HTTP")?;
+    axum::serve(
+        listener,
+        api::app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .context("serving HTTP")?;
     db.close().await;
     tracing::info!("Keel stopped");
     Ok(())
+}
+
+/// Where CLI changes come from in the audit trail: the command line and the operating-system
+/// user who ran it (the CLI works with the database's own access, not a Keel login).
+fn cli_origin() -> Origin {
+    let os_user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    Origin {
+        request_id: Some(format!("cli ({os_user})")),
+        ..Origin::system()
+    }
+}
+
+async fn user_command(
+    db: &Database,
+    company: &Company,
+    command: UserCommand,
+) -> anyhow::Result<()> {
+    let identity = Identity::new(db.clone());
+    let authz = Authz::load(db).await?;
+    match command {
+        UserCommand::Add {
+            name,
+            role,
+            display_name,
+            email,
+            service,
+            password_stdin,
+        } => {
+            let password = if password_stdin {
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .context("reading the password from standard input")?;
+                Some(line.trim_end_matches(['\r', '\n']).to_owned())
+            } else {
+                None
+            };
+            let new = NewUser {
+                username: name,
+                display_name,
+                email,
+                kind: Some(if service {
+                    UserKind::Service
+                } else {
+                    UserKind::Person
+                }),
+                password,
+                manager: None,
+            };
+            let origin = cli_origin();
+            let mut tx = db.begin_write().await?;
+            let user = identity
+                .create_user(&mut tx, &new, &origin)
+                .await
+                .map_err(into_anyhow)?;
+            authz
+                .grant(&mut tx, company.id, user.id, &role, None, &origin)
+                .await
+                .map_err(into_anyhow)?;
+            let token = identity
+                .create_api_token(
+                    &mut tx,
+                    user.id,
+                    &NewToken {
+                        name: "created by keel user add".into(),
+                        expires_in_days: None,
+                    },
+                    &origin,
+                )
+                .await
+                .map_err(into_anyhow)?;
+            tx.commit().await?;
+            println!(
+                "created user {} (id {}) with role {role} in company {:?}",
+                user.username, user.id, company.code
+            );
+            println!("API token (shown once; send it as Authorization: Bearer <token>):");
+            println!("{}", token.token);
+        }
+        UserCommand::List => {
+            for user in identity.users().await.map_err(into_anyhow)? {
+                let roles = authz
+                    .roles_of(user.id, company.id)
+                    .await
+                    .map_err(into_anyhow)?;
+                println!(
+                    "{:<6} {:<24} {:<8} {:<9} {}",
+                    user.id,
+                    user.username,
+                    format!("{:?}", user.kind).to_lowercase(),
+                    format!("{:?}", user.status).to_lowercase(),
+                    roles.join(",")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn user_id(identity: &Identity, username: &str) -> anyhow::Result<i64> {
+    identity
+        .user_by_username(username)
+        .await
+        .map_err(into_anyhow)?
+        .map(|user| user.id)
+        .ok_or_else(|| {
+            anyhow::anyhow!("there is no user {username:?}; `keel user list` lists them")
+        })
+}
+
+async fn role_command(
+    db: &Database,
+    company: &Company,
+    command: RoleCommand,
+) -> anyhow::Result<()> {
+    let identity = Identity::new(db.clone());
+    let authz = Authz::load(db).await?;
+    match command {
+        RoleCommand::List => {
+            for role in authz.roles(company.id).await.map_err(into_anyhow)? {
+                let permissions: Vec<String> = role
+                    .permissions
+                    .iter()
+                    .map(|g| format!("{}:{}({})", g.resource, g.action, g.scope.as_str()))
+                    .collect();
+                println!(
+                    "{:<16} {:<9} {}",
+                    role.name,
+                    if role.built_in { "built-in" } else { "custom" },
+                    permissions.join(" ")
+                );
+            }
+        }
+        RoleCommand::Grant { user, role } => {
+            let id = user_id(&identity, &user).await?;
+            let mut tx = db.begin_write().await?;
+            authz
+                .grant(&mut tx, company.id, id, &role, None, &cli_origin())
+                .await
+                .map_err(into_anyhow)?;
+            tx.commit().await?;
+            println!("granted {role} to {user} in company {:?}", company.code);
+        }
+        RoleCommand::Revoke { user, role } => {
+            let id = user_id(&identity, &user).await?;
+            let mut tx = db.begin_write().await?;
+            authz
+                .revoke(&mut tx, company.id, id, &role, &cli_origin())
+                .await
+                .map_err(into_anyhow)?;
+            tx.commit().await?;
+            println!("revoked {role} from {user} in company {:?}", company.code);
+        }
+    }
+    Ok(())
+}
+
+async fn audit_command(db: &Database, command: AuditCommand) -> anyhow::Result<()> {
+    match command {
+        AuditCommand::Verify => {
+            let started = std::time::Instant::now();
+            let verification = audit::verify(db).await?;
+            match verification.first_broken {
+                None => {
+                    println!(
+                        "the audit trail is intact: {} records verified in {:.1} s",
+                        verification.records,
+                        started.elapsed().as_secs_f64()
+                    );
+                    Ok(())
+                }
+                Some(broken) => anyhow::bail!(
+                    "the audit trail is broken at record {}: {} ({} records before it verified)",
+                    broken.seq,
+                    broken.reason,
+                    verification.records
+                ),
+            }
+        }
+        AuditCommand::Export { output } => {
+            let count = match output {
+                Some(path) => {
+                    let file = std::fs::File::create(&path)
+                        .with_context(|| format!("creating {}", path.display()))?;
+                    let mut writer = std::io::BufWriter::new(file);
+                    let count = audit::export(db, &mut writer).await?;
+                    writer.flush()?;
+                    count
+                }
+                None => {
+                    let mut writer = std::io::BufWriter::new(std::io::stdout().lock());
+                    let count = audit::export(db, &mut writer).await?;
+                    writer.flush()?;
+                    count
+                }
+            };
+            eprintln!("exported {count} audit records");
+            Ok(())
+        }
+    }
 }
 
 async fn shutdown_signal() {
@@ -282,7 +613,7 @@ async fn ledger_command(
     match command {
         LedgerCommand::InitChart => {
             let added = ledger
-                .init_default_chart(company)
+                .init_default_chart(company, &cli_origin())
                 .await
                 .map_err(into_anyhow)?;
             println!(
@@ -321,7 +652,7 @@ async fn ledger_command(
                 key,
             });
             let response = ledger
-                .post(company, &entries, true, key)
+                .post(company, &entries, true, key, &cli_origin())
                 .await
                 .map_err(into_anyhow)?;
             print_posted(&response);
@@ -357,6 +688,7 @@ async fn ledger_command(
                     company,
                     &crate::ledger::periods::NewFiscalYear { start },
                     None,
+                    &cli_origin(),
                 )
                 .await
                 .map_err(into_anyhow)?;
@@ -371,7 +703,7 @@ async fn ledger_command(
                 .await
                 .map_err(into_anyhow)?;
             ledger
-                .close_period(company, period.id, None)
+                .close_period(company, period.id, None, &cli_origin())
                 .await
                 .map_err(into_anyhow)?;
             println!("closed period {name}");
@@ -382,7 +714,7 @@ async fn ledger_command(
                 .await
                 .map_err(into_anyhow)?;
             ledger
-                .reopen_period(company, period.id, None)
+                .reopen_period(company, period.id, None, &cli_origin())
                 .await
                 .map_err(into_anyhow)?;
             println!("reopened period {name}");
@@ -400,6 +732,7 @@ async fn ledger_command(
                         retained_earnings_account: retained_earnings,
                     },
                     None,
+                    &cli_origin(),
                 )
                 .await
                 .map_err(into_anyhow)?;
@@ -411,7 +744,7 @@ async fn ledger_command(
         LedgerCommand::ReopenYear { name } => {
             let year = fiscal_year_by_name(ledger, company, &name).await?;
             ledger
-                .reopen_fiscal_year(company, year, None)
+                .reopen_fiscal_year(company, year, None, &cli_origin())
                 .await
                 .map_err(into_anyhow)?;
             println!("reopened fiscal year {name}");

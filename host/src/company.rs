@@ -168,7 +168,7 @@ async fn create_default(db: &Database, base_currency: &str) -> anyhow::Result<Co
 async fn open_current_year(tx: &mut Tx, company: &Company) -> anyhow::Result<()> {
     let today = Utc::now().date_naive();
     let start = crate::ledger::periods::fiscal_year_start_containing(company, today);
-    crate::ledger::periods::create_fiscal_year(tx, company, start)
+    crate::ledger::periods::create_fiscal_year(tx, company, start, &crate::audit::Origin::system())
         .await
         .map_err(|e| anyhow::anyhow!("opening the current fiscal year: {e}"))?;
     Ok(())

@@ -26,6 +26,15 @@ pub enum Error {
     /// The request is well-formed but breaks a rule; nothing was written.
     #[error("{}", summarize(.0))]
     Invalid(Vec<FieldError>),
+    /// No credentials, or credentials that are wrong, expired or revoked.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Authenticated, but without the permission the request needs.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Too many attempts: the client must wait (a locked account, a rate limit).
+    #[error("{0}")]
+    TooManyRequests(String),
     #[error("{0}")]
     NotFound(String),
     /// The request contradicts the current state (a second reversal, a reused idempotency key).

@@ -2,10 +2,13 @@
 //! HTTP API and a CLI.
 
 pub mod api;
+pub mod audit;
+pub mod authz;
 pub mod cli;
 pub mod company;
 pub mod currency;
 pub mod db;
 pub mod error;
 pub mod idempotency;
+pub mod identity;
 pub mod ledger;

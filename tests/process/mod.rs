@@ -29,6 +29,38 @@ pub fn keel(args: &[&str], database: &TestDatabase) -> Output {
     command.output().expect("running keel")
 }
 
+/// Creates an administrator with `keel user add` and returns the API token it prints last.
+pub fn add_admin(database: &TestDatabase) -> String {
+    let output = keel(&["user", "add", "admin", "--role", "admin"], database);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let token = stdout
+        .lines()
+        .last()
+        .expect("keel user add prints the token last")
+        .trim()
+        .to_owned();
+    assert!(token.starts_with("keel_"), "{stdout}");
+    token
+}
+
+/// An HTTP client that sends the token with every request.
+pub fn client(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).expect("a header value"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("an HTTP client")
+}
+
 /// A `keel serve` process.
 #[derive(Debug)]
 pub struct Server {
@@ -39,6 +71,11 @@ pub struct Server {
 impl Server {
     /// Starts `keel serve` on a free port and waits until it is ready.
     pub async fn start(database: &TestDatabase) -> Self {
+        Self::start_printing(database).await.0
+    }
+
+    /// Like [`Server::start`], also returning what the server printed before its address.
+    pub async fn start_printing(database: &TestDatabase) -> (Self, String) {
         let mut child = Command::new(keel_binary())
             .args(["serve", "--addr", "127.0.0.1:0"])
             .args(database.cli_args())
@@ -48,21 +85,23 @@ impl Server {
             .spawn()
             .expect("starting keel serve");
         let stdout = child.stdout.take().expect("stdout is piped");
-        let base_url = tokio::task::spawn_blocking(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            lines
-                .find_map(|line| {
-                    line.ok()?
-                        .strip_prefix("Keel listening on ")
-                        .map(str::to_owned)
-                })
-                .expect("keel serve prints the address it listens on")
+        let (base_url, printed) = tokio::task::spawn_blocking(move || {
+            let mut printed = String::new();
+            for line in BufReader::new(stdout).lines() {
+                let line = line.expect("keel serve's output");
+                if let Some(address) = line.strip_prefix("Keel listening on ") {
+                    return (address.to_owned(), printed);
+                }
+                printed.push_str(&line);
+                printed.push('\n');
+            }
+            panic!("keel serve ended without printing its address: {printed}");
         })
         .await
         .expect("reading the server's output");
         let server = Self { child, base_url };
         server.wait_ready().await;
-        server
+        (server, printed)
     }
 
     async fn wait_ready(&self) {

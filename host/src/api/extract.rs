@@ -6,9 +6,7 @@ use axum::http::request::Parts;
 use axum::response::IntoResponse;
 use serde::de::DeserializeOwned;
 
-use super::AppState;
 use super::problem::Problem;
-use crate::company::Company;
 use crate::error::FieldError;
 use crate::ledger::model::check_idempotency_key;
 
@@ -17,35 +15,6 @@ pub const COMPANY_HEADER: &str = "keel-company";
 
 /// Header that makes a write exactly-once.
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
-
-/// The company the request acts on.
-#[derive(Debug, Clone)]
-pub struct CurrentCompany(pub Company);
-
-impl FromRequestParts<AppState> for CurrentCompany {
-    type Rejection = axum::response::Response;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        match parts.headers.get(COMPANY_HEADER) {
-            None => Ok(Self(state.companies.default_company())),
-            Some(value) => {
-                let code = value.to_str().map_err(|_| {
-                    Problem::bad_request("Keel-Company", "is not a valid company code")
-                        .into_response()
-                })?;
-                state
-                    .companies
-                    .by_code(code)
-                    .await
-                    .map(Self)
-                    .map_err(IntoResponse::into_response)
-            }
-        }
-    }
-}
 
 /// The `Idempotency-Key` header, if the client sent one.
 #[derive(Debug, Clone)]
@@ -160,15 +129,34 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
     }
 }
 
-/// The idempotency record key of a request: its header and a fingerprint of what it asks for.
-pub fn request_key(
+/// The idempotency record key of a request: the caller, its header and a fingerprint of what
+/// it asks for.
+pub fn request_key<P>(
+    auth: &super::auth::Authorized<P>,
     key: IdempotencyKey,
     operation: &str,
     body: &impl serde::Serialize,
 ) -> Option<crate::idempotency::RequestKey> {
     key.0.map(|key| crate::idempotency::RequestKey {
-        principal: String::new(),
+        principal: super::auth::principal_key(&auth.principal),
         fingerprint: crate::idempotency::fingerprint(operation, body),
         key,
     })
+}
+
+/// The client's IP address, when the server knows it (behind `into_make_service_with_connect_info`).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddress(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddress {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|info| info.0.ip()),
+        ))
+    }
 }

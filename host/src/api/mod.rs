@@ -1,6 +1,7 @@
 //! The HTTP API: each capability contributes a router, merged here under `/api/v1`, with the
 //! OpenAPI document generated from the same route definitions.
 
+pub mod auth;
 pub mod extract;
 pub mod problem;
 
@@ -23,9 +24,11 @@ use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
+use crate::authz::Authz;
 use crate::company::Companies;
 use crate::db::Database;
 use crate::idempotency::StoredResponse;
+use crate::identity::Identity;
 use crate::ledger::Ledger;
 use problem::{Problem, UnexpectedError};
 
@@ -47,6 +50,22 @@ pub struct AppState {
     pub db: Database,
     pub companies: Arc<Companies>,
     pub ledger: Ledger,
+    pub identity: Arc<Identity>,
+    pub authz: Arc<Authz>,
+}
+
+impl AppState {
+    /// Everything a server needs, on an opened and migrated database.
+    pub async fn new(db: Database, companies: Arc<Companies>) -> anyhow::Result<Self> {
+        let authz = Arc::new(Authz::load(&db).await?);
+        Ok(Self {
+            ledger: Ledger::for_server(db.clone(), authz.clone()),
+            identity: Arc::new(Identity::new(db.clone())),
+            authz,
+            companies,
+            db,
+        })
+    }
 }
 
 #[derive(OpenApi)]
@@ -59,14 +78,40 @@ pub struct AppState {
         version = "0.1.0"
     ),
     components(schemas(Problem)),
-    tags((name = "ledger", description = "Chart of accounts, journal entries, periods and reports"))
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags(
+        (name = "ledger", description = "Chart of accounts, journal entries, periods and reports"),
+        (name = "identity", description = "Login, users, service accounts and API tokens"),
+        (name = "authz", description = "Roles, grants and segregation-of-duties rules"),
+        (name = "audit", description = "The tamper-evident audit trail")
+    )
 )]
 struct ApiDoc;
+
+/// Declares bearer-token authentication in the OpenAPI document.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+    }
+}
 
 /// The routes of every capability with their OpenAPI description.
 fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1/ledger", crate::ledger::http::router())
+        .nest("/api/v1", crate::identity::http::router())
+        .nest("/api/v1", crate::authz::http::router())
+        .nest("/api/v1", crate::audit::http::router())
 }
 
 /// The OpenAPI document, as served at `/api/v1/openapi.json`.
@@ -212,4 +257,28 @@ pub fn csv_response(filename: &str, body: String) -> Response {
         body,
     )
         .into_response()
+}
+
+/// Runs a write of the caller's in one transaction, exactly once per `Idempotency-Key`.
+pub async fn write_once<P>(
+    state: &AppState,
+    auth: &auth::Authorized<P>,
+    key: extract::IdempotencyKey,
+    operation: &str,
+    body: &impl serde::Serialize,
+    write: impl AsyncFnOnce(&mut crate::db::Tx) -> crate::error::Result<StoredResponse>,
+) -> crate::error::Result<StoredResponse> {
+    let key = extract::request_key(auth, key, operation, body);
+    let mut tx = state.db.begin_write().await?;
+    let response = crate::idempotency::once(&mut tx, &auth.company, key.as_ref(), write).await?;
+    tx.commit().await?;
+    Ok(response)
+}
+
+/// A JSON response for a write, as stored for idempotent replays.
+pub fn stored<T: serde::Serialize>(status: u16, value: &T) -> crate::error::Result<StoredResponse> {
+    Ok(StoredResponse::new(
+        status,
+        serde_json::to_value(value).map_err(anyhow::Error::from)?,
+    ))
 }

@@ -84,6 +84,34 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         match self {
             Error::Invalid(errors) => Problem::validation(errors).into_response(),
+            Error::Unauthenticated(detail) => {
+                let mut response = Problem::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    "Authentication required",
+                    detail,
+                )
+                .into_response();
+                response.headers_mut().insert(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"keel\""),
+                );
+                response
+            }
+            Error::Forbidden(detail) => Problem::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "Permission denied",
+                detail,
+            )
+            .into_response(),
+            Error::TooManyRequests(detail) => Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-requests",
+                "Too many attempts",
+                detail,
+            )
+            .into_response(),
             Error::NotFound(detail) => {
                 Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
                     .into_response()

@@ -31,6 +31,8 @@ pub struct EntryView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     pub posted_at: DateTime<Utc>,
+    /// The user who posted the entry (absent for entries the host posted itself).
+    pub posted_by: Option<i64>,
     pub lines: Vec<LineView>,
 }
 
@@ -92,6 +94,7 @@ impl EntryView {
         id: i64,
         draft: &EntryDraft,
         posted_at: DateTime<Utc>,
+        posted_by: Option<i64>,
         company: &Company,
     ) -> Self {
         Self {
@@ -104,6 +107,7 @@ impl EntryView {
             reversed_by: None,
             idempotency_key: draft.idempotency_key.clone(),
             posted_at,
+            posted_by,
             lines: draft
                 .lines
                 .iter()
@@ -127,13 +131,20 @@ pub struct StoredEntry {
     pub draft: EntryDraft,
     pub reversed_by: Option<i64>,
     pub posted_at: DateTime<Utc>,
+    pub posted_by: Option<i64>,
 }
 
 impl StoredEntry {
     pub fn view(&self, company: &Company) -> EntryView {
         EntryView {
             reversed_by: self.reversed_by,
-            ..EntryView::from_draft(self.id, &self.draft, self.posted_at, company)
+            ..EntryView::from_draft(
+                self.id,
+                &self.draft,
+                self.posted_at,
+                self.posted_by,
+                company,
+            )
         }
     }
 }
@@ -148,7 +159,7 @@ pub async fn load(tx: &mut Tx, company: &Company, ids: &[i64]) -> Result<Vec<Sto
         let list = tx.backend().placeholders(2, chunk.len());
         let entry_sql = format!(
             "SELECT e.id, e.entry_date, e.memo, e.kind, e.source_module, e.source_document, \
-                    e.reverses_entry_id, e.idempotency_key, e.request_fingerprint, e.posted_at, \
+                    e.reverses_entry_id, e.idempotency_key, e.request_fingerprint, e.posted_at, e.posted_by, \
                     r.id AS reversed_by \
              FROM ledger_entries e LEFT JOIN ledger_entries r ON r.reverses_entry_id = e.id \
              WHERE e.company_id = $1 AND e.id IN {list}"
@@ -217,6 +228,7 @@ fn entry_from_row(row: &impl Row) -> anyhow::Result<StoredEntry> {
         },
         reversed_by: row.opt_int("reversed_by")?,
         posted_at: row.timestamp("posted_at")?,
+        posted_by: row.opt_int("posted_by")?,
     })
 }
 

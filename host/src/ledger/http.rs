@@ -16,7 +16,8 @@ use super::entries::{EntryFilter, EntryView};
 use super::model::{EntryInput, parse_date};
 use super::periods::{CloseFiscalYear, FiscalYearView, NewFiscalYear, PeriodView};
 use super::reports::{AccountLedger, BalanceSheet, IncomeStatement, TrialBalance};
-use crate::api::extract::{Body, CurrentCompany, IdempotencyKey, Params, request_key};
+use crate::api::auth::{Authorized, need};
+use crate::api::extract::{Body, IdempotencyKey, Params, request_key};
 use crate::api::problem::Problem;
 use crate::api::{AppState, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, csv_response};
 use crate::error::{Error, Result};
@@ -90,9 +91,9 @@ fn csv_text(header: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> Res
     responses((status = 200, body = [AccountView])))]
 async fn list_accounts(
     State(state): State<AppState>,
-    CurrentCompany(company): CurrentCompany,
+    auth: Authorized<need::LedgerAccountsRead>,
 ) -> Result<Json<Vec<AccountView>>> {
-    Ok(Json(state.ledger.accounts(&company).await?))
+    Ok(Json(state.ledger.accounts(&auth.company).await?))
 }
 
 /// Add an account to the chart.
@@ -101,14 +102,14 @@ async fn list_accounts(
     responses((status = 201, body = AccountView), (status = 409, body = Problem), (status = 422, body = Problem)))]
 async fn create_account(
     State(state): State<AppState>,
-    CurrentCompany(company): CurrentCompany,
+    auth: Authorized<need::LedgerAccountsWrite>,
     key: IdempotencyKey,
     Body(new): Body<NewAccount>,
 ) -> Result<Response> {
-    let key = request_key(key, "POST /ledger/accounts", &new);
+    let key = request_key(&auth, key, "POST /ledger/accounts", &new);
     Ok(state
         .ledger
-        .create_account(&company, &new, key.as_ref())
+        .create_account(&auth.company, &new, key.as_ref(), &auth.origin)
         .await?
         .into_response())
 }
@@ -118,10 +119,10 @@ async fn create_account(
     responses((status = 200, body = AccountView), (status = 404, body = Problem)))]
 async fn get_account(
     State(state): State<AppState>,
-    CurrentCompany(company): CurrentCompany,
+    auth: Authorized<need::LedgerAccountsRead>,
     Path(code): Path<String>,
 ) -> Result<Json<AccountView>> {
-    Ok(Json(state.ledger.account(&company, &code).await?))
+    Ok(Json(state.ledger.account(&auth.company, &code).await?))
 }
 
 /// Rename an account, move it in the tree, or (de)activate it.
@@ -129,15 +130,20 @@ async fn get_account(
     responses((status = 200, body = AccountView), (status = 404, body = Problem), (status = 422, body = Problem)))]
 async fn update_account(
     State(state): State<AppState>,
-    CurrentCompany(company): CurrentCompany,
+    auth: Authorized<need::LedgerAccountsWrite>,
     Path(code): Path<String>,
     key: IdempotencyKey,
     Body(changes): Body<AccountChanges>,
 ) -> Result<Response> {
-    let key = request_key(key, &format!("PATCH /ledger/accounts/{code}"), &changes);
+    let key = request_key(
+        &auth,
+        key,
+        &format!("PATCH /ledger/accounts/{code}"),
+        &changes,
+    );
     Ok(state
         .ledger
-        .update_account(&company, &code, &changes, key.as_ref())
+        .update_account(&auth.company, &code, &changes, key.as_ref(), &auth.origin)
         .await?
         .into_response())
 }
@@ -160,7 +166,7 @@ struct LinesQuery {
     responses((status = 200, body = AccountLedger), (status = 404, body = Problem)))]
 async fn account_lines(
     State(state): State<AppState>,
-    CurrentCompany(company): CurrentCompany,
+    auth: Authorized<need::LedgerReportsRead>,
     Path(code): Path<String>,
     Params(query): Params<LinesQuery>,
 ) -> Result<Json<AccountLedger>> {
@@ -170,7 +176,14 @@ async fn account_lines(
     Ok(Json(
         state
             .ledger
-            .account_ledger(&company, &code, from, to, query.after.as_deref(), limit)
+            .account_ledger(
+                &auth.company,
+                &code,
+                from,
+                to,
+                query.after.as_deref(),
+                limit,
+            )
             .await?,
     ))
 }
@@ -189,7 +202,7 @@ struct EntryPage {
     responses((status = 200, body = EntryPage)))]
 async fn list_entries(
     State(state): State<AppState>,
-    CurrentCompany(company): CurrentCompany,
+    auth: Authorized<need::LedgerEntriesRead>,
     Params(filter): Params<EntryFilter>,
 ) -> Result<Json<EntryPage>> {
     let from = date_param("from", filter.from.as_deref())?;
@@ -211,7 +224,7 @@ async fn list_entries(
         after_id: after,
         limit,
     };
-    let entries = state.ledger.entries(&company, &query).await?;
+    let entries = state.ledger.entries(&auth.company, &query).await?;
     let next = (entries.len() == limit)
         .then(|| entries.last().map(|e| e.id.to_string()))
         .flatten();
@@ -225,14 +238,20 @@ async fn list_entries(
         (status = 409, body = Problem), (status = 422, body = Problem)))]
 async fn post_entry(
     State(state): State<AppState>,
-    CurrentCompany(company): CurrentCompany,
+    auth: Authorized<need::LedgerEntriesPost>,
     key: IdempotencyKey,
     Body(entry): Body<EntryInput>,
 ) -> Result<Response> {
-    let key = request_key(key, "POST /ledger/entries", &entry);
+    let key = request_key(&auth, key, "POST /ledger/entries", &entry);
     Ok(state
         .ledger
-        .post(&company, std::slice::from_ref(&entry), false, key)
+        .post(
+            &auth.company,
+            std::slice::from_ref(&entry),
+            false,
+            key,
+            &auth.origin,
+        )
         .await?
         .into_response())
 }
@@ -267,14 +286,14 @@ struct BatchOutput {
     responses((status = 201, body = BatchOutput), (status = 409, body = Problem), (status = 422, body = Problem)))]
 async fn post_batch(
     State(state): State<AppState>,
-    CurrentCompany(company): CurrentCompany,
+    auth: Authorized<need::LedgerEntriesPost>,
     key: IdempotencyKey,
     Body(batch): Body<BatchInput>,
 ) -> Result<Response> {
-    let key = request_key(key, "POST /ledger/entries:batch", &batch);
+    let key = request_key(&auth, key, "POST /ledger/entries:batch", &batch);
     Ok(state
         .ledger
-        .post(&company, &batch.entries, true, key)
+        .post(&auth.company, &batch.entries, true, key, &auth.origin)
         .await?
         .into_response())
 }
@@ -284,10 +303,10 @@ async fn post_batch(
     responses((status = 200, body = EntryView), (status = 404, body = Problem)))]
 async fn get_entry(
     State(state): State<AppState>,
-    CurrentCompany(company): CurrentCompany,
+    auth: Authorized<need::LedgerEntriesRead>,
     Path(id): Path<i64>,
 ) -> Result<Json<EntryView>> {
-    Ok(Json(state.ledger.entry(&company, id).await?))
+    Ok(Json(state.ledger.entry(&auth.company, id).await?))
 }
 
 /// Reverse a posted entry: a new entry with every line on the opposite side, linked to the
@@ -296,7 +315,7 @@ async fn get_entry(
     responses((status = 201, body = EntryView), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
 async fn reverse_entry(
     State(state): State<AppState>,
-    CurrentCompany(company): CurrentCompany,
+    auth: Authorized<need::LedgerEntriesReverse>,
     Path(id): Path<i64>,
     key: IdempotencyKey,
     body: axum::body::Bytes,
@@ -306,10 +325,15 @@ async fn reverse_entry(
     } else {
         crate::api::extract::parse_json(&body).map_err(IntoResponse::into_response)?
     };
-    let key = request_key(key, &format!("POST /ledger/entries/{id}/reverse"), &input);
+    let key = request_key(
+        &auth,
+        key,
+        &format!("POST /ledger/entries/{id}/reverse"),
+        &input,
+    );
     state
         .ledger
-        .reverse(&company, id, &input, key.as_ref())
+        .reverse(&auth.company, id, &input, key.as_ref(), &auth.origin)
         .await
         .map(IntoResponse::into_response)
         .map_err(IntoResponse::into_response)
@@ -319,9 +343,9 @@ async fn reverse_entry(
 #[utoipa::path(get, path = "/fiscal-years", tag = "ledger", responses((status = 200, body = [FiscalYearView])))]
 async fn list_fiscal_years(
     State(state): State<AppState>,
-    CurrentCompany(company): CurrentCompany,
+    auth: Authorized<need::LedgerPeriodsRead>,
 ) -> Result<Json<Vec<FiscalYearView>>> {
-    Ok(Json(state.ledger.fiscal_years(&company).await?))
+    Ok(Json(state.ledger.fiscal_years(&auth.company).await?))
 }
 
 /// Open a fiscal year with twelve monthly periods.
@@ -329,14 +353,14 @@ async fn list_fiscal_years(
     responses((status = 201, body = FiscalYearView), (status = 409, body = Problem), (status = 422, body = Problem)))]
 async fn open_fiscal_year(
     State(state): State<AppState>,
-    CurrentCompany(company): CurrentCompany,
+    auth: Authorized<need::LedgerPeriodsOpen>,
     key: IdempotencyKey,
     Body(input): Body<NewFiscalYear>,
 ) -> Result<Response> {
-    let key = request_key(key, "POST /ledger/fiscal-years", &input);
+    let key = request_key(&auth, key, "POST /ledger/fiscal-years", &input);
     Ok(state
         .ledger
-        .open_fiscal_year(&company, &input, key.as_ref())
+        .open_fiscal_year(&auth.company, &input, key.as_ref(), &auth.origin)
         .await?
         .into_response())
 }
@@ -346,10 +370,10 @@ async fn open_fiscal_year(
     responses((status = 200, body = FiscalYearView), (status = 404, body = Problem)))]
 async fn get_fiscal_year(
     State(state): State<AppState>,
-    CurrentCompany(company): CurrentCompany,
+    auth: Authorized<need::LedgerPeriodsRead>,
     Path(id): Path<i64>,
 ) -> Result<Json<FiscalYearView>> {
-    Ok(Json(state.ledger.fiscal_year(&company, id).await?))
+    Ok(Json(state.ledger.fiscal_year(&auth.company, id).await?))
 }
 
 /// Year-end close: income and expense move to retained earnings and every period closes.
@@ -357,19 +381,20 @@ async fn get_fiscal_year(
     responses((status = 200, body = FiscalYearView), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
 async fn close_fiscal_year(
     State(state): State<AppState>,
-    CurrentCompany(company): CurrentCompany,
+    auth: Authorized<need::LedgerPeriodsClose>,
     Path(id): Path<i64>,
     key: IdempotencyKey,
     Body(input): Body<CloseFiscalYear>,
 ) -> Result<Response> {
     let key = request_key(
+        &auth,
         key,
         &format!("POST /ledger/fiscal-years/{id}/close"),
         &input,
     );
     Ok(state
         .ledger
-        .close_fiscal_year(&company, id, &input, key.as_ref())
+        .close_fiscal_year(&auth.company, id, &input, key.as_ref(), &auth.origin)
         .await?
         .into_response())
 }
@@ -379,14 +404,19 @@ async fn close_fiscal_year(
     responses((status = 200, body = FiscalYearView), (status = 404, body = Problem), (status = 409, body = Problem)))]
 async fn reopen_fiscal_year(
     State(state): State<AppState>,
-    CurrentCompany(company): CurrentCompany,
+    auth: Authorized<need::LedgerPeriodsReopen>,
     Path(id): Path<i64>,
     key: IdempotencyKey,
 ) -> Result<Response> {
-    let key = request_key(key, &format!("POST /ledger/fiscal-years/{id}/reopen"), &());
+    let key = request_key(
+        &auth,
+        key,
+        &format!("POST /ledger/fiscal-years/{id}/reopen"),
+        &(),
+    );
     Ok(state
         .ledger
-        .reopen_fiscal_year(&company, id, key.as_ref())
+        .reopen_fiscal_year(&auth.company, id, key.as_ref(), &auth.origin)
         .await?
         .into_response())
 }
@@ -402,11 +432,14 @@ struct PeriodsQuery {
 #[utoipa::path(get, path = "/periods", tag = "ledger", params(PeriodsQuery), responses((status = 200, body = [PeriodView])))]
 async fn list_periods(
     State(state): State<AppState>,
-    CurrentCompany(company): CurrentCompany,
+    auth: Authorized<need::LedgerPeriodsRead>,
     Params(query): Params<PeriodsQuery>,
 ) -> Result<Json<Vec<PeriodView>>> {
     Ok(Json(
-        state.ledger.periods(&company, query.fiscal_year).await?,
+        state
+            .ledger
+            .periods(&auth.company, query.fiscal_year)
+            .await?,
     ))
 }
 
@@ -415,14 +448,14 @@ async fn list_periods(
     responses((status = 200, body = PeriodView), (status = 404, body = Problem), (status = 409, body = Problem)))]
 async fn close_period(
     State(state): State<AppState>,
-    CurrentCompany(company): CurrentCompany,
+    auth: Authorized<need::LedgerPeriodsClose>,
     Path(id): Path<i64>,
     key: IdempotencyKey,
 ) -> Result<Response> {
-    let key = request_key(key, &format!("POST /ledger/periods/{id}/close"), &());
+    let key = request_key(&auth, key, &format!("POST /ledger/periods/{id}/close"), &());
     Ok(state
         .ledger
-        .close_period(&company, id, key.as_ref())
+        .close_period(&auth.company, id, key.as_ref(), &auth.origin)
         .await?
         .into_response())
 }
@@ -432,14 +465,19 @@ async fn close_period(
     responses((status = 200, body = PeriodView), (status = 404, body = Problem), (status = 409, body = Problem)))]
 async fn reopen_period(
     State(state): State<AppState>,
-    CurrentCompany(company): CurrentCompany,
+    auth: Authorized<need::LedgerPeriodsReopen>,
     Path(id): Path<i64>,
     key: IdempotencyKey,
 ) -> Result<Response> {
-    let key = request_key(key, &format!("POST /ledger/periods/{id}/reopen"), &());
+    let key = request_key(
+        &auth,
+        key,
+        &format!("POST /ledger/periods/{id}/reopen"),
+        &(),
+    );
     Ok(state
         .ledger
-        .reopen_period(&company, id, key.as_ref())
+        .reopen_period(&auth.company, id, key.as_ref(), &auth.origin)
         .await?
         .into_response())
 }
@@ -469,14 +507,14 @@ struct RangeQuery {
     responses((status = 200, body = TrialBalance, content_type = "application/json"), (status = 200, description = "CSV", content_type = "text/csv")))]
 async fn trial_balance(
     State(state): State<AppState>,
-    CurrentCompany(company): CurrentCompany,
+    auth: Authorized<need::LedgerReportsRead>,
     headers: HeaderMap,
     Params(query): Params<AsOfQuery>,
 ) -> Result<Response> {
     let as_of =
         date_param("as_of", query.as_of.as_deref())?.unwrap_or_else(|| Utc::now().date_naive());
     let csv = wants_csv(query.format.as_deref(), &headers)?;
-    let report = state.ledger.trial_balance(&company, as_of).await?;
+    let report = state.ledger.trial_balance(&auth.company, as_of).await?;
     if !csv {
         return Ok(Json(report).into_response());
     }
@@ -528,14 +566,14 @@ const STATEMENT_CSV_HEADER: [&str; 6] = ["section", "account", "name", "level", 
     responses((status = 200, body = BalanceSheet, content_type = "application/json"), (status = 200, description = "CSV", content_type = "text/csv")))]
 async fn balance_sheet(
     State(state): State<AppState>,
-    CurrentCompany(company): CurrentCompany,
+    auth: Authorized<need::LedgerReportsRead>,
     headers: HeaderMap,
     Params(query): Params<AsOfQuery>,
 ) -> Result<Response> {
     let as_of =
         date_param("as_of", query.as_of.as_deref())?.unwrap_or_else(|| Utc::now().date_naive());
     let csv = wants_csv(query.format.as_deref(), &headers)?;
-    let report = state.ledger.balance_sheet(&company, as_of).await?;
+    let report = state.ledger.balance_sheet(&auth.company, as_of).await?;
     if !csv {
         return Ok(Json(report).into_response());
     }
@@ -577,14 +615,17 @@ async fn balance_sheet(
     responses((status = 200, body = IncomeStatement, content_type = "application/json"), (status = 200, description = "CSV", content_type = "text/csv")))]
 async fn income_statement(
     State(state): State<AppState>,
-    CurrentCompany(company): CurrentCompany,
+    auth: Authorized<need::LedgerReportsRead>,
     headers: HeaderMap,
     Params(query): Params<RangeQuery>,
 ) -> Result<Response> {
     let from = date_param("from", Some(&query.from))?.expect("given");
     let to = date_param("to", Some(&query.to))?.expect("given");
     let csv = wants_csv(query.format.as_deref(), &headers)?;
-    let report = state.ledger.income_statement(&company, from, to).await?;
+    let report = state
+        .ledger
+        .income_statement(&auth.company, from, to)
+        .await?;
     if !csv {
         return Ok(Json(report).into_response());
     }

@@ -14,12 +14,17 @@ pub mod reports;
 
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use utoipa::ToSchema;
 
+use crate::audit::{self, Event, Origin};
+use crate::authz::{Authz, DutySubject, perm};
 use crate::company::Company;
 use crate::db::{Database, Tx, UniqueConstraint};
 use crate::error::{Error, Result};
 use crate::idempotency::{self, RequestKey, StoredResponse};
+use std::sync::Arc;
+
 use model::{EntryDraft, EntryInput, EntryKind};
 use posting::{ENTRIES_PER_BATCH_MAX, Job, PostRequest, Writer};
 
@@ -44,9 +49,12 @@ pub struct Ledger {
     db: Database,
     /// Present in a server: concurrent postings share commits. The CLI posts directly.
     writer: Option<Writer>,
+    /// Present in a server: checks segregation-of-duties rules for the acting user. The CLI acts
+    /// for the operator, who has the database itself.
+    duties: Option<Arc<Authz>>,
 }
 
-fn json<T: Serialize>(status: u16, value: &T) -> Result<StoredResponse> {
+fn json_response<T: Serialize>(status: u16, value: &T) -> Result<StoredResponse> {
     Ok(StoredResponse::new(
         status,
         serde_json::to_value(value).map_err(anyhow::Error::from)?,
@@ -56,15 +64,21 @@ fn json<T: Serialize>(status: u16, value: &T) -> Result<StoredResponse> {
 impl Ledger {
     /// A ledger that posts each request in its own transaction.
     pub fn new(db: Database) -> Self {
-        Self { db, writer: None }
+        Self {
+            db,
+            writer: None,
+            duties: None,
+        }
     }
 
-    /// A ledger that funnels postings through the group-commit writer. Needs a Tokio runtime.
-    pub fn with_writer(db: Database) -> Self {
+    /// A ledger for a server: postings go through the group-commit writer and duty rules are
+    /// enforced. Needs a Tokio runtime.
+    pub fn for_server(db: Database, authz: Arc<Authz>) -> Self {
         let writer = Writer::start(db.clone());
         Self {
             db,
             writer: Some(writer),
+            duties: Some(authz),
         }
     }
 
@@ -93,6 +107,25 @@ impl Ledger {
         Ok(value)
     }
 
+    /// Refuses when a segregation-of-duties rule forbids the acting user this action.
+    async fn check_duties(
+        &self,
+        tx: &mut Tx,
+        company: &Company,
+        origin: &Origin,
+        action: crate::authz::Permission,
+        subject: DutySubject,
+    ) -> Result<()> {
+        match (&self.duties, origin.actor.user_id) {
+            (Some(authz), Some(user)) => {
+                authz
+                    .check_duties(tx, company.id, user, action, subject)
+                    .await
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Posts one entry (`batch == false`) or a batch, all or nothing.
     pub async fn post(
         &self,
@@ -100,6 +133,7 @@ impl Ledger {
         inputs: &[EntryInput],
         batch: bool,
         key: Option<RequestKey>,
+        origin: &Origin,
     ) -> Result<StoredResponse> {
         if batch && inputs.is_empty() {
             return Err(Error::invalid(
@@ -132,6 +166,7 @@ impl Ledger {
         }
         let request = PostRequest {
             company: company.clone(),
+            origin: origin.clone(),
             entries: drafts,
             batch,
             key,
@@ -152,6 +187,7 @@ impl Ledger {
         id: i64,
         input: &ReverseInput,
         key: Option<&RequestKey>,
+        origin: &Origin,
     ) -> Result<StoredResponse> {
         let date = input
             .date
@@ -188,6 +224,14 @@ impl Ledger {
                     "entry {id} was already reversed by entry {by}"
                 )));
             }
+            self.check_duties(
+                tx,
+                company,
+                origin,
+                perm::LEDGER_ENTRIES_REVERSE,
+                DutySubject::Entry(id),
+            )
+            .await?;
             let memo = input
                 .memo
                 .clone()
@@ -199,16 +243,12 @@ impl Ledger {
                 memo,
             );
             let entries = [reversal];
-            let outcome = posting::post_jobs(
-                tx,
-                company,
-                &[Job {
-                    entries: &entries,
-                    batch: false,
-                }],
-                posting::now_micros(),
-            )
-            .await;
+            let job = Job {
+                entries: &entries,
+                batch: false,
+                origin,
+            };
+            let outcome = posting::post_jobs(tx, company, &[job], posting::now_micros()).await;
             let mut results = match outcome {
                 Ok(results) => results,
                 Err(error) if REVERSED_ONCE.is_violated_by(&error) => {
@@ -217,6 +257,14 @@ impl Ledger {
                 Err(error) => return Err(error.into()),
             };
             let posted = results.pop().expect("one result per job")?;
+            let event = Event::new(
+                Some(company.id),
+                "ledger.entries:reverse",
+                "ledger.entry",
+                id,
+                json!({ "reversed_by": posted[0].id }),
+            );
+            audit::append(tx, origin, &[event]).await?;
             Ok(posting::render(&posted, false))
         })
         .await
@@ -263,10 +311,19 @@ impl Ledger {
         company: &Company,
         new: &chart::NewAccount,
         key: Option<&RequestKey>,
+        origin: &Origin,
     ) -> Result<StoredResponse> {
         self.write(company, key, async |tx: &mut Tx| {
             let account: chart::AccountView = chart::create(tx, company, new).await?.into();
-            json(201, &account)
+            let event = Event::new(
+                Some(company.id),
+                "ledger.accounts:create",
+                "ledger.account",
+                &account.code,
+                json!({ "after": account }),
+            );
+            audit::append(tx, origin, &[event]).await?;
+            json_response(201, &account)
         })
         .await
     }
@@ -277,19 +334,39 @@ impl Ledger {
         code: &str,
         changes: &chart::AccountChanges,
         key: Option<&RequestKey>,
+        origin: &Origin,
     ) -> Result<StoredResponse> {
         self.write(company, key, async |tx: &mut Tx| {
+            let before: chart::AccountView = chart::get(tx, company, code).await?.into();
             let account: chart::AccountView =
                 chart::update(tx, company, code, changes).await?.into();
-            json(200, &account)
+            let event = Event::new(
+                Some(company.id),
+                "ledger.accounts:update",
+                "ledger.account",
+                code,
+                json!({ "before": before, "after": account }),
+            );
+            audit::append(tx, origin, &[event]).await?;
+            json_response(200, &account)
         })
         .await
     }
 
     /// Adds the default chart's missing accounts; returns how many were added.
-    pub async fn init_default_chart(&self, company: &Company) -> Result<usize> {
+    pub async fn init_default_chart(&self, company: &Company, origin: &Origin) -> Result<usize> {
         let mut tx = self.db.begin_write().await?;
         let added = chart::init_default_chart(&mut tx, company).await?;
+        if added > 0 {
+            let event = Event::new(
+                Some(company.id),
+                "ledger.accounts:init-chart",
+                "ledger.chart",
+                company.id,
+                json!({ "added": added }),
+            );
+            audit::append(&mut tx, origin, &[event]).await?;
+        }
         tx.commit().await?;
         Ok(added)
     }
@@ -309,11 +386,15 @@ impl Ledger {
         company: &Company,
         input: &periods::NewFiscalYear,
         key: Option<&RequestKey>,
+        origin: &Origin,
     ) -> Result<StoredResponse> {
         let start =
             model::parse_date(&input.start).map_err(|message| Error::invalid("start", message))?;
         self.write(company, key, async |tx: &mut Tx| {
-            json(201, &periods::create_fiscal_year(tx, company, start).await?)
+            json_response(
+                201,
+                &periods::create_fiscal_year(tx, company, start, origin).await?,
+            )
         })
         .await
     }
@@ -324,11 +405,12 @@ impl Ledger {
         id: i64,
         input: &periods::CloseFiscalYear,
         key: Option<&RequestKey>,
+        origin: &Origin,
     ) -> Result<StoredResponse> {
         self.write(company, key, async |tx: &mut Tx| {
-            json(
+            json_response(
                 200,
-                &periods::close_fiscal_year(tx, company, id, input).await?,
+                &periods::close_fiscal_year(tx, company, id, input, origin).await?,
             )
         })
         .await
@@ -339,9 +421,13 @@ impl Ledger {
         company: &Company,
         id: i64,
         key: Option<&RequestKey>,
+        origin: &Origin,
     ) -> Result<StoredResponse> {
         self.write(company, key, async |tx: &mut Tx| {
-            json(200, &periods::reopen_fiscal_year(tx, company, id).await?)
+            json_response(
+                200,
+                &periods::reopen_fiscal_year(tx, company, id, origin).await?,
+            )
         })
         .await
     }
@@ -360,9 +446,10 @@ impl Ledger {
         company: &Company,
         id: i64,
         key: Option<&RequestKey>,
+        origin: &Origin,
     ) -> Result<StoredResponse> {
         self.write(company, key, async |tx: &mut Tx| {
-            json(200, &periods::close_period(tx, company, id).await?)
+            json_response(200, &periods::close_period(tx, company, id, origin).await?)
         })
         .await
     }
@@ -372,9 +459,17 @@ impl Ledger {
         company: &Company,
         id: i64,
         key: Option<&RequestKey>,
+        origin: &Origin,
     ) -> Result<StoredResponse> {
         self.write(company, key, async |tx: &mut Tx| {
-            json(200, &periods::reopen_period(tx, company, id).await?)
+            let period = periods::period(tx, company, id).await?;
+            let subject = DutySubject::Period {
+                start: period.start,
+                end: period.end,
+            };
+            self.check_duties(tx, company, origin, perm::LEDGER_PERIODS_REOPEN, subject)
+                .await?;
+            json_response(200, &periods::reopen_period(tx, company, id, origin).await?)
         })
         .await
     }

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use utoipa::ToSchema;
 
 use super::chart;
@@ -10,6 +11,7 @@ use super::entries;
 use super::model::{AccountCode, EntryDraft, EntryKind, LineDraft};
 use super::posting::{self, Job};
 use super::reports::{self, Closing};
+use crate::audit::{self, Event, Origin};
 use crate::company::Company;
 use crate::currency;
 use crate::db::{Row, Tx};
@@ -109,6 +111,7 @@ pub async fn create_fiscal_year(
     tx: &mut Tx,
     company: &Company,
     start: NaiveDate,
+    origin: &Origin,
 ) -> Result<FiscalYearView> {
     if start.day() != 1 {
         return Err(Error::invalid(
@@ -185,7 +188,16 @@ pub async fn create_fiscal_year(
         }
         query.execute(&mut *conn).await?;
     });
-    get_fiscal_year(tx, company, year_id).await
+    let year = get_fiscal_year(tx, company, year_id).await?;
+    let event = Event::new(
+        Some(company.id),
+        "ledger.periods:open-year",
+        "ledger.fiscal-year",
+        year_id,
+        json!({ "after": { "name": year.name, "start": year.start, "end": year.end } }),
+    );
+    audit::append(tx, origin, &[event]).await?;
+    Ok(year)
 }
 
 const SELECT_PERIOD: &str =
@@ -313,7 +325,12 @@ async fn set_period_status(tx: &mut Tx, id: i64, status: Status) -> Result<()> {
 }
 
 /// Closes a period: from now on postings dated inside it are refused.
-pub async fn close_period(tx: &mut Tx, company: &Company, id: i64) -> Result<PeriodView> {
+pub async fn close_period(
+    tx: &mut Tx,
+    company: &Company,
+    id: i64,
+    origin: &Origin,
+) -> Result<PeriodView> {
     let period = get_period(tx, company, id, true).await?;
     if period.status == Status::Closed {
         return Err(Error::Conflict(format!(
@@ -322,11 +339,37 @@ pub async fn close_period(tx: &mut Tx, company: &Company, id: i64) -> Result<Per
         )));
     }
     set_period_status(tx, id, Status::Closed).await?;
-    get_period(tx, company, id, false).await
+    let after = get_period(tx, company, id, false).await?;
+    audit_period(tx, company, origin, "ledger.periods:close", &period, &after).await?;
+    Ok(after)
+}
+
+async fn audit_period(
+    tx: &mut Tx,
+    company: &Company,
+    origin: &Origin,
+    action: &str,
+    before: &PeriodView,
+    after: &PeriodView,
+) -> Result<()> {
+    let event = Event::new(
+        Some(company.id),
+        action,
+        "ledger.period",
+        after.id,
+        json!({ "before": before, "after": after }),
+    );
+    audit::append(tx, origin, &[event]).await?;
+    Ok(())
 }
 
 /// Reopens a closed period of an open fiscal year.
-pub async fn reopen_period(tx: &mut Tx, company: &Company, id: i64) -> Result<PeriodView> {
+pub async fn reopen_period(
+    tx: &mut Tx,
+    company: &Company,
+    id: i64,
+    origin: &Origin,
+) -> Result<PeriodView> {
     let period = get_period(tx, company, id, true).await?;
     if period.status == Status::Open {
         return Err(Error::Conflict(format!(
@@ -342,6 +385,21 @@ pub async fn reopen_period(tx: &mut Tx, company: &Company, id: i64) -> Result<Pe
         )));
     }
     set_period_status(tx, id, Status::Open).await?;
+    let after = get_period(tx, company, id, false).await?;
+    audit_period(
+        tx,
+        company,
+        origin,
+        "ledger.periods:reopen",
+        &period,
+        &after,
+    )
+    .await?;
+    Ok(after)
+}
+
+/// The period with this id, for checks made before changing it.
+pub async fn period(tx: &mut Tx, company: &Company, id: i64) -> Result<PeriodView> {
     get_period(tx, company, id, false).await
 }
 
@@ -353,6 +411,7 @@ pub async fn close_fiscal_year(
     company: &Company,
     id: i64,
     request: &CloseFiscalYear,
+    origin: &Origin,
 ) -> Result<FiscalYearView> {
     let year = lock_fiscal_year(tx, company, id).await?;
     if year.status == Status::Closed {
@@ -385,7 +444,7 @@ pub async fn close_fiscal_year(
             format!("account {} is not an active equity account", retained.code),
         ));
     }
-    let closing_entry = post_closing_entry(tx, company, &year, &retained).await?;
+    let closing_entry = post_closing_entry(tx, company, &year, &retained, origin).await?;
     for period in &year.periods {
         if period.status == Status::Open {
             set_period_status(tx, period.id, Status::Closed).await?;
@@ -399,7 +458,16 @@ pub async fn close_fiscal_year(
             .execute(&mut *conn)
             .await?;
     });
-    get_fiscal_year(tx, company, id).await
+    let after = get_fiscal_year(tx, company, id).await?;
+    let event = Event::new(
+        Some(company.id),
+        "ledger.periods:close-year",
+        "ledger.fiscal-year",
+        id,
+        json!({ "after": { "name": after.name, "status": after.status, "closing_entry": after.closing_entry } }),
+    );
+    audit::append(tx, origin, &[event]).await?;
+    Ok(after)
 }
 
 async fn post_closing_entry(
@@ -407,6 +475,7 @@ async fn post_closing_entry(
     company: &Company,
     year: &FiscalYearView,
     retained: &chart::Account,
+    origin: &Origin,
 ) -> Result<Option<i64>> {
     let balances = reports::activity(tx, company, None, year.end, Closing::Include, None).await?;
     let accounts = chart::list(tx, company).await?;
@@ -467,11 +536,18 @@ async fn post_closing_entry(
         idempotency_key: None,
         fingerprint: None,
     };
-    post_system_entry(tx, company, draft).await.map(Some)
+    post_system_entry(tx, company, draft, origin)
+        .await
+        .map(Some)
 }
 
 /// Posts an entry the host itself builds (closing entries and their reversals).
-async fn post_system_entry(tx: &mut Tx, company: &Company, draft: EntryDraft) -> Result<i64> {
+async fn post_system_entry(
+    tx: &mut Tx,
+    company: &Company,
+    draft: EntryDraft,
+    origin: &Origin,
+) -> Result<i64> {
     let entries = [draft];
     let mut results = posting::post_jobs(
         tx,
@@ -479,6 +555,7 @@ async fn post_system_entry(tx: &mut Tx, company: &Company, draft: EntryDraft) ->
         &[Job {
             entries: &entries,
             batch: false,
+            origin,
         }],
         posting::now_micros(),
     )
@@ -489,7 +566,12 @@ async fn post_system_entry(tx: &mut Tx, company: &Company, draft: EntryDraft) ->
 
 /// Reopens the most recent closed fiscal year: reverses its closing entry and opens the year.
 /// Its periods stay closed until reopened one by one.
-pub async fn reopen_fiscal_year(tx: &mut Tx, company: &Company, id: i64) -> Result<FiscalYearView> {
+pub async fn reopen_fiscal_year(
+    tx: &mut Tx,
+    company: &Company,
+    id: i64,
+    origin: &Origin,
+) -> Result<FiscalYearView> {
     let year = lock_fiscal_year(tx, company, id).await?;
     if year.status == Status::Open {
         return Err(Error::Conflict(format!(
@@ -515,7 +597,7 @@ pub async fn reopen_fiscal_year(tx: &mut Tx, company: &Company, id: i64) -> Resu
             year.end,
             format!("Reopening fiscal year {}", year.name),
         );
-        post_system_entry(tx, company, reversal).await?;
+        post_system_entry(tx, company, reversal, origin).await?;
     }
     on_conn!(tx, conn => {
         sqlx::query("UPDATE ledger_fiscal_years SET status = 'open', closing_entry_id = NULL, closed_at = NULL WHERE id = $1")
@@ -523,5 +605,14 @@ pub async fn reopen_fiscal_year(tx: &mut Tx, company: &Company, id: i64) -> Resu
             .execute(&mut *conn)
             .await?;
     });
-    get_fiscal_year(tx, company, id).await
+    let after = get_fiscal_year(tx, company, id).await?;
+    let event = Event::new(
+        Some(company.id),
+        "ledger.periods:reopen-year",
+        "ledger.fiscal-year",
+        id,
+        json!({ "before": { "closing_entry": year.closing_entry }, "after": { "status": after.status } }),
+    );
+    audit::append(tx, origin, &[event]).await?;
+    Ok(after)
 }

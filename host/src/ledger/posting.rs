@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::entries::{self, EntryView};
 use super::model::{EntryDraft, EntryKind};
+use crate::audit::{self, Event, Origin};
 use crate::company::Company;
 use crate::db::{Database, Row, SqlDate, Tx, statement_chunks};
 use crate::error::{Error, FieldError, Result, join_path};
@@ -46,6 +47,8 @@ pub struct Posted {
 pub struct Job<'a> {
     pub entries: &'a [EntryDraft],
     pub batch: bool,
+    /// Who posts: recorded on each entry and in the audit trail.
+    pub origin: &'a Origin,
 }
 
 impl Job<'_> {
@@ -200,6 +203,7 @@ fn plan_job<'a>(
     lookups: &Lookups,
     claimed_keys: &mut HashMap<String, (Option<String>, usize)>,
     new_drafts: &mut Vec<&'a EntryDraft>,
+    new_origins: &mut Vec<&'a Origin>,
 ) -> Result<Vec<Plan>> {
     let mut errors = Vec::new();
     let mut conflicts = Vec::new();
@@ -254,6 +258,7 @@ fn plan_job<'a>(
         {
             *slot = new_drafts.len();
             new_drafts.push(draft);
+            new_origins.push(job.origin);
             if let Some(key) = &draft.idempotency_key {
                 job_claims.push((key.clone(), (draft.fingerprint.clone(), *slot)));
             }
@@ -367,6 +372,7 @@ pub async fn post_jobs(
     let lookups = load_lookups(tx, company, jobs).await?;
     let mut claimed_keys = HashMap::new();
     let mut new_drafts: Vec<&EntryDraft> = Vec::new();
+    let mut new_origins: Vec<&Origin> = Vec::new();
     let plans: Vec<Result<Vec<Plan>>> = jobs
         .iter()
         .map(|job| {
@@ -376,12 +382,26 @@ pub async fn post_jobs(
                 &lookups,
                 &mut claimed_keys,
                 &mut new_drafts,
+                &mut new_origins,
             )
         })
         .collect();
 
     let ids = allocate_entry_ids(tx, new_drafts.len()).await?;
-    let balance_result = write_entries(tx, company, &lookups, &new_drafts, &ids, posted_at).await?;
+    let posters: Vec<Option<i64>> = new_origins
+        .iter()
+        .map(|origin| origin.actor.user_id)
+        .collect();
+    let balance_result = write_entries(
+        tx,
+        company,
+        &lookups,
+        &new_drafts,
+        &ids,
+        &posters,
+        posted_at,
+    )
+    .await?;
     if let Err(message) = balance_result {
         // Only sums beyond i64 get here: refuse every job rather than store a wrong balance.
         return Ok(jobs
@@ -389,6 +409,13 @@ pub async fn post_jobs(
             .map(|_| Err(Error::invalid("lines", message.clone())))
             .collect());
     }
+    let events: Vec<(&Origin, Event)> = new_drafts
+        .iter()
+        .zip(&ids)
+        .zip(&new_origins)
+        .map(|((draft, id), origin)| (*origin, audit_event(company, *id, draft)))
+        .collect();
+    audit::append_many(tx, &events).await?;
 
     // Whole views only for single-entry jobs: a batch answers with ids, and building views for
     // thousands of entries costs as much as a fifth of posting them.
@@ -427,9 +454,13 @@ pub async fn post_jobs(
                             Plan::Existing(id) => (id, true),
                         };
                         let view = (!job.batch).then(|| match plan {
-                            Plan::New(n) => {
-                                EntryView::from_draft(id, new_drafts[n], posted_at, company)
-                            }
+                            Plan::New(n) => EntryView::from_draft(
+                                id,
+                                new_drafts[n],
+                                posted_at,
+                                posters[n],
+                                company,
+                            ),
                             Plan::Existing(id) => existing
                                 .remove(&id)
                                 .expect("replayed entries were loaded above"),
@@ -481,22 +512,24 @@ async fn write_entries(
     lookups: &Lookups,
     drafts: &[&EntryDraft],
     ids: &[i64],
+    posters: &[Option<i64>],
     posted_at: DateTime<Utc>,
 ) -> anyhow::Result<Result<(), String>> {
     if drafts.is_empty() {
         return Ok(Ok(()));
     }
-    const ENTRY_COLUMNS: usize = 11;
-    let numbered: Vec<(&&EntryDraft, &i64)> = drafts.iter().zip(ids).collect();
+    const ENTRY_COLUMNS: usize = 12;
+    let numbered: Vec<((&&EntryDraft, &i64), &Option<i64>)> =
+        drafts.iter().zip(ids).zip(posters).collect();
     for chunk in statement_chunks(&numbered) {
         let sql = format!(
             "INSERT INTO ledger_entries (id, company_id, entry_date, memo, kind, source_module, source_document, \
-             reverses_entry_id, idempotency_key, request_fingerprint, posted_at) VALUES {}",
+             reverses_entry_id, idempotency_key, request_fingerprint, posted_at, posted_by) VALUES {}",
             tx.backend().values_list(chunk.len(), ENTRY_COLUMNS)
         );
         on_conn!(tx, conn => {
             let mut query = sqlx::query(&sql);
-            for (draft, id) in chunk {
+            for ((draft, id), poster) in chunk {
                 query = query
                     .bind(id)
                     .bind(company.id)
@@ -508,7 +541,8 @@ async fn write_entries(
                     .bind(draft.reverses)
                     .bind(draft.idempotency_key.as_deref())
                     .bind(draft.fingerprint.as_deref())
-                    .bind(posted_at);
+                    .bind(posted_at)
+                    .bind(**poster);
             }
             query.execute(&mut *conn).await?;
         });
@@ -654,6 +688,37 @@ async fn write_entries(
     Ok(Ok(()))
 }
 
+/// The audit record of a posted entry: what was posted, in compact form (lines as
+/// `[account, currency, amount, base amount]` in minor units, debit positive).
+pub fn audit_event(company: &Company, id: i64, draft: &EntryDraft) -> Event {
+    let lines: Vec<serde_json::Value> = draft
+        .lines
+        .iter()
+        .map(|line| {
+            json!([
+                line.account.as_str(),
+                line.currency.code,
+                line.amount_minor,
+                line.base_amount_minor
+            ])
+        })
+        .collect();
+    Event::new(
+        Some(company.id),
+        "ledger.entries:post",
+        "ledger.entry",
+        id,
+        json!({ "after": {
+            "date": draft.date,
+            "memo": draft.memo,
+            "kind": draft.kind,
+            "source": draft.source,
+            "reverses": draft.reverses,
+            "lines": lines,
+        } }),
+    )
+}
+
 /// The HTTP response a posting request gets, which is also what its idempotency key replays.
 /// A single entry comes back whole; a batch, which may hold thousands, as the id of each entry
 /// (and its key), in order.
@@ -683,6 +748,7 @@ pub fn render(posted: &[Posted], batch: bool) -> StoredResponse {
 #[derive(Debug)]
 pub struct PostRequest {
     pub company: Company,
+    pub origin: Origin,
     pub entries: Vec<EntryDraft>,
     pub batch: bool,
     pub key: Option<RequestKey>,
@@ -843,6 +909,7 @@ pub async fn post_requests(
             .map(|&i| Job {
                 entries: &requests[i].entries,
                 batch: requests[i].batch,
+                origin: &requests[i].origin,
             })
             .collect();
         let outcomes = post_jobs(&mut tx, company, &jobs, posted_at).await?;

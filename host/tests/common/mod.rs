@@ -15,9 +15,10 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use http_body_util::BodyExt as _;
 use keel_host::api::{self, AppState};
+use keel_host::audit::Origin;
 use keel_host::company::Companies;
 use keel_host::db::{Database, Location};
-use keel_host::ledger::Ledger;
+use keel_host::identity::{NewToken, NewUser};
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
@@ -101,12 +102,15 @@ impl TestDatabase {
     }
 }
 
-/// The application on a fresh database.
+/// The application on a fresh database, with an administrator whose token every request
+/// carries unless it says otherwise.
 #[derive(Debug)]
 pub struct TestApp {
     pub router: Router,
     pub state: AppState,
     pub database: TestDatabase,
+    pub admin_token: String,
+    pub admin_id: i64,
 }
 
 /// A response: status and JSON body (`Value::Null` when empty, a string when not JSON).
@@ -170,7 +174,7 @@ impl TestApp {
         let company = app.state.companies.default_company();
         app.state
             .ledger
-            .init_default_chart(&company)
+            .init_default_chart(&company, &Origin::system())
             .await
             .expect("default chart");
         let reply = app
@@ -183,7 +187,7 @@ impl TestApp {
         app
     }
 
-    /// The application on a freshly migrated database, nothing else.
+    /// The application on a freshly migrated database with one administrator, nothing else.
     pub async fn bare(database: TestDatabase) -> Self {
         let db = Database::open(&database.location)
             .await
@@ -193,19 +197,45 @@ impl TestApp {
                 .await
                 .expect("bootstrapping the company"),
         );
-        let state = AppState {
-            db: db.clone(),
-            companies,
-            ledger: Ledger::with_writer(db),
-        };
+        let state = AppState::new(db, companies)
+            .await
+            .expect("the application state");
+        let (admin_id, admin_token) = create_user(&state, "admin", "admin").await;
         Self {
             router: api::app(state.clone()),
             state,
             database,
+            admin_token,
+            admin_id,
         }
     }
 
+    /// A new user holding `role` in the default company; returns the user's id and API token.
+    pub async fn user_with_role(&self, username: &str, role: &str) -> (i64, String) {
+        create_user(&self.state, username, role).await
+    }
+
+    /// A request as the administrator (unless `headers` carries its own `authorization`).
     pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Reply {
+        let bearer = format!("Bearer {}", self.admin_token);
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        if !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+        {
+            all.push(("authorization", &bearer));
+        }
+        self.request_raw(method, path, &all, body).await
+    }
+
+    /// A request with exactly these headers: no credentials unless given.
+    pub async fn request_raw(
         &self,
         method: Method,
         path: &str,
@@ -338,6 +368,47 @@ impl TestApp {
             .and_then(|p| p["id"].as_i64())
             .unwrap_or_else(|| panic!("no period {name}"))
     }
+}
+
+/// Creates a user with a role in the default company and an API token for them.
+pub async fn create_user(state: &AppState, username: &str, role: &str) -> (i64, String) {
+    let origin = Origin::system();
+    let mut tx = state.db.begin_write().await.expect("a transaction");
+    let new = NewUser {
+        username: username.to_owned(),
+        display_name: None,
+        email: None,
+        kind: None,
+        password: Some(format!("{username} password 123")),
+        manager: None,
+    };
+    let user = state
+        .identity
+        .create_user(&mut tx, &new, &origin)
+        .await
+        .expect("creating a user");
+    let company = state.companies.default_company();
+    state
+        .authz
+        .grant(&mut tx, company.id, user.id, role, None, &origin)
+        .await
+        .expect("granting a role");
+    let token = state
+        .identity
+        .create_api_token(
+            &mut tx,
+            user.id,
+            &NewToken {
+                name: "test".into(),
+                expires_in_days: None,
+            },
+            &origin,
+        )
+        .await
+        .expect("a token");
+    tx.commit().await.expect("committing");
+    state.authz.reload().await.expect("reloading the policy");
+    (user.id, token.token)
 }
 
 pub fn simple_entry(date: &str, debit_account: &str, credit_account: &str, amount: &str) -> Value {

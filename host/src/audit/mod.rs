@@ -1,0 +1,449 @@
+//! The audit trail: every change appends a record in the same transaction, each record's hash
+//! covering its content and the previous record's hash, so that editing, deleting or reordering
+//! stored records breaks the chain at a record `keel audit verify` names.
+
+pub mod http;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+use crate::db::{Database, PackedRow, Param, Tx};
+use crate::error::{Error, Result};
+use crate::on_conn;
+
+/// The hash before the first record.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Records read per query while verifying or exporting; bounds memory for any chain length.
+const RECORDS_PER_PAGE: i64 = 10_000;
+
+/// Who makes a change: a user, a plugin acting for a user, or the host itself (neither).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Actor {
+    pub user_id: Option<i64>,
+    pub plugin: Option<String>,
+}
+
+/// Where a change comes from, recorded with it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    pub actor: Actor,
+    pub request_id: Option<String>,
+    pub idempotency_key: Option<String>,
+}
+
+impl Origin {
+    /// A change made by the host itself, outside any request (bootstrap, migrations).
+    pub fn system() -> Self {
+        Self::default()
+    }
+
+    pub fn user(user_id: i64) -> Self {
+        Self {
+            actor: Actor {
+                user_id: Some(user_id),
+                plugin: None,
+            },
+            ..Self::default()
+        }
+    }
+}
+
+/// One change to record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub company_id: Option<i64>,
+    /// What happened, e.g. `ledger.entry.post`, `user.disable`, `security.login-failed`.
+    pub action: String,
+    pub object_type: String,
+    pub object_id: String,
+    /// Before/after values or the details of the event.
+    pub change: serde_json::Value,
+}
+
+impl Event {
+    pub fn new(
+        company_id: Option<i64>,
+        action: &str,
+        object_type: &str,
+        object_id: impl ToString,
+        change: serde_json::Value,
+    ) -> Self {
+        Self {
+            company_id,
+            action: action.to_owned(),
+            object_type: object_type.to_owned(),
+            object_id: object_id.to_string(),
+            change,
+        }
+    }
+}
+
+/// A stored audit record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Record {
+    pub seq: i64,
+    /// RFC 3339 with microseconds, UTC.
+    pub occurred_at: String,
+    pub company_id: Option<i64>,
+    pub actor_user_id: Option<i64>,
+    pub actor_plugin: Option<String>,
+    pub action: String,
+    pub object_type: String,
+    pub object_id: String,
+    /// The change as JSON text, exactly as hashed.
+    pub change: String,
+    pub request_id: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl Record {
+    /// SHA-256 over the canonical form of the record's content and the previous hash.
+    pub fn compute_hash(&self) -> String {
+        let canonical = serde_json::json!([
+            self.seq,
+            self.occurred_at,
+            self.company_id,
+            self.actor_user_id,
+            self.actor_plugin,
+            self.action,
+            self.object_type,
+            self.object_id,
+            self.change,
+            self.request_id,
+            self.idempotency_key,
+            self.prev_hash,
+        ]);
+        hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+    }
+}
+
+fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// Appends the events, in order, to the chain, inside the caller's transaction: they commit or
+/// roll back with the change they describe.
+pub async fn append(tx: &mut Tx, origin: &Origin, events: &[Event]) -> anyhow::Result<()> {
+    let items: Vec<(&Origin, Event)> = events.iter().map(|event| (origin, event.clone())).collect();
+    append_many(tx, &items).await
+}
+
+/// Like [`append`], for events of several origins (the requests of one commit group).
+pub async fn append_many(tx: &mut Tx, events: &[(&Origin, Event)]) -> anyhow::Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    // Locking the head serializes appends from concurrent transactions (and processes).
+    let lock = tx.lock_for_update();
+    let (mut seq, mut prev_hash): (i64, String) = on_conn!(tx, conn => {
+        let row = sqlx::query(&format!("SELECT last_seq, last_hash FROM audit_chain_head WHERE id = 1{lock}"))
+            .fetch_one(&mut *conn)
+            .await?;
+        use crate::db::Row as _;
+        (row.int("last_seq")?, row.text("last_hash")?)
+    });
+    let occurred_at = timestamp(Utc::now());
+    let mut records = Vec::with_capacity(events.len());
+    for (origin, event) in events {
+        seq += 1;
+        let mut record = Record {
+            seq,
+            occurred_at: occurred_at.clone(),
+            company_id: event.company_id,
+            actor_user_id: origin.actor.user_id,
+            actor_plugin: origin.actor.plugin.clone(),
+            action: event.action.clone(),
+            object_type: event.object_type.clone(),
+            object_id: event.object_id.clone(),
+            change: event.change.to_string(),
+            request_id: origin.request_id.clone(),
+            idempotency_key: origin.idempotency_key.clone(),
+            prev_hash: prev_hash.clone(),
+            hash: String::new(),
+        };
+        record.hash = record.compute_hash();
+        prev_hash = record.hash.clone();
+        records.push(record);
+    }
+    const COLUMNS: usize = 13;
+    for chunk in crate::db::statement_chunks(&records) {
+        let sql = format!(
+            "INSERT INTO audit_log (seq, occurred_at, company_id, actor_user_id, actor_plugin, action, \
+             object_type, object_id, change, request_id, idempotency_key, prev_hash, hash) VALUES {}",
+            tx.backend().values_list(chunk.len(), COLUMNS)
+        );
+        on_conn!(tx, conn => {
+            let mut query = sqlx::query(&sql);
+            for r in chunk {
+                query = query
+                    .bind(r.seq)
+                    .bind(&r.occurred_at)
+                    .bind(r.company_id)
+                    .bind(r.actor_user_id)
+                    .bind(r.actor_plugin.as_deref())
+                    .bind(&r.action)
+                    .bind(&r.object_type)
+                    .bind(&r.object_id)
+                    .bind(&r.change)
+                    .bind(r.request_id.as_deref())
+                    .bind(r.idempotency_key.as_deref())
+                    .bind(&r.prev_hash)
+                    .bind(&r.hash);
+            }
+            query.execute(&mut *conn).await?;
+        });
+    }
+    on_conn!(tx, conn => {
+        sqlx::query("UPDATE audit_chain_head SET last_seq = $1, last_hash = $2 WHERE id = 1")
+            .bind(seq)
+            .bind(&prev_hash)
+            .execute(&mut *conn)
+            .await?;
+    });
+    metrics::counter!("keel_audit_records_total").increment(records.len() as u64);
+    Ok(())
+}
+
+/// Records a security event (a failed login, a denied permission) in its own transaction: the
+/// request it belongs to fails, but the attempt stays on record.
+pub async fn record_security_event(db: &Database, origin: &Origin, event: Event) {
+    let outcome = async {
+        let mut tx = db.begin_write().await?;
+        append(&mut tx, origin, &[event]).await?;
+        tx.commit().await
+    }
+    .await;
+    if let Err(error) = outcome {
+        tracing::error!(
+            error = format!("{error:#}"),
+            "recording a security event failed"
+        );
+    }
+}
+
+const RECORD_COLUMNS: [&str; 13] = [
+    "seq",
+    "occurred_at",
+    "company_id",
+    "actor_user_id",
+    "actor_plugin",
+    "action",
+    "object_type",
+    "object_id",
+    "change",
+    "request_id",
+    "idempotency_key",
+    "prev_hash",
+    "hash",
+];
+
+fn record_from(row: &PackedRow) -> anyhow::Result<Record> {
+    Ok(Record {
+        seq: row.int(0)?,
+        occurred_at: row.text(1)?,
+        company_id: row.opt_int(2)?,
+        actor_user_id: row.opt_int(3)?,
+        actor_plugin: row.opt_text(4)?,
+        action: row.text(5)?,
+        object_type: row.text(6)?,
+        object_id: row.text(7)?,
+        change: row.text(8)?,
+        request_id: row.opt_text(9)?,
+        idempotency_key: row.opt_text(10)?,
+        prev_hash: row.text(11)?,
+        hash: row.text(12)?,
+    })
+}
+
+/// Records with `seq` greater than `after`, in order, at most `limit`.
+async fn page(tx: &mut Tx, after: i64, limit: i64) -> anyhow::Result<Vec<Record>> {
+    let mut records = tx
+        .fetch_packed(
+            &format!(
+                "SELECT {} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",
+                RECORD_COLUMNS.join(", ")
+            ),
+            &RECORD_COLUMNS,
+            &[Param::Int(Some(after)), Param::Int(Some(limit))],
+        )
+        .await?
+        .iter()
+        .map(record_from)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    records.sort_by_key(|r| r.seq);
+    Ok(records)
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verification {
+    pub records: u64,
+    /// The first record that does not verify, and why; `None` when the chain is intact.
+    pub first_broken: Option<Broken>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Broken {
+    pub seq: i64,
+    pub reason: String,
+}
+
+/// Recomputes the chain from the first record, a page at a time, and checks it against the
+/// head: an edited record fails its own hash, a deleted one leaves a gap in the sequence, a
+/// reordered one breaks the link to its predecessor, and a cut-off tail disagrees with the head.
+pub async fn verify(db: &Database) -> anyhow::Result<Verification> {
+    let mut tx = db.begin_read().await?;
+    let mut expected_seq = 1;
+    let mut prev_hash = GENESIS_HASH.to_owned();
+    let mut count = 0_u64;
+    let broken = |records: u64, seq: i64, reason: String| {
+        Ok(Verification {
+            records,
+            first_broken: Some(Broken { seq, reason }),
+        })
+    };
+    loop {
+        let records = page(&mut tx, expected_seq - 1, RECORDS_PER_PAGE).await?;
+        if records.is_empty() {
+            break;
+        }
+        for record in &records {
+            if record.seq != expected_seq {
+                return broken(
+                    count,
+                    expected_seq,
+                    format!(
+                        "record {expected_seq} is missing; the next stored record is {}",
+                        record.seq
+                    ),
+                );
+            }
+            if record.prev_hash != prev_hash {
+                return broken(
+                    count,
+                    record.seq,
+                    "it does not link to the record before it (records were deleted, inserted or reordered)".into(),
+                );
+            }
+            if record.compute_hash() != record.hash {
+                return broken(
+                    count,
+                    record.seq,
+                    "its content does not match its hash (the record was edited)".into(),
+                );
+            }
+            prev_hash = record.hash.clone();
+            expected_seq += 1;
+            count += 1;
+        }
+    }
+    let (head_seq, head_hash): (i64, String) = on_conn!(&mut tx, conn => {
+        use crate::db::Row as _;
+        let row = sqlx::query("SELECT last_seq, last_hash FROM audit_chain_head WHERE id = 1").fetch_one(&mut *conn).await?;
+        (row.int("last_seq")?, row.text("last_hash")?)
+    });
+    tx.commit().await?;
+    let last_seq = expected_seq - 1;
+    if head_seq != last_seq || head_hash != prev_hash {
+        return broken(
+            count,
+            last_seq + 1,
+            format!(
+                "the chain ends at record {last_seq} but its head says {head_seq}: records at the end were removed"
+            ),
+        );
+    }
+    Ok(Verification {
+        records: count,
+        first_broken: None,
+    })
+}
+
+/// Writes every record, in order, as JSON Lines.
+pub async fn export(db: &Database, out: &mut impl std::io::Write) -> anyhow::Result<u64> {
+    let mut tx = db.begin_read().await?;
+    let mut after = 0;
+    let mut count = 0;
+    loop {
+        let records = page(&mut tx, after, RECORDS_PER_PAGE).await?;
+        let Some(last) = records.last() else { break };
+        after = last.seq;
+        for record in &records {
+            serde_json::to_writer(&mut *out, record)?;
+            out.write_all(b"\n")?;
+            count += 1;
+        }
+    }
+    tx.commit().await?;
+    Ok(count)
+}
+
+/// Filters for listing the audit trail.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct Filter {
+    pub object_type: Option<String>,
+    pub object_id: Option<String>,
+    /// User id of the actor.
+    pub actor: Option<i64>,
+    pub action: Option<String>,
+    /// Records at or after this time (RFC 3339).
+    pub from: Option<DateTime<Utc>>,
+    /// Records before this time (RFC 3339).
+    pub to: Option<DateTime<Utc>>,
+    /// Cursor: the `next` value of the previous page.
+    pub after: Option<i64>,
+    /// Page size, 1–500 (default 100).
+    pub limit: Option<u32>,
+}
+
+/// Records matching the filter, oldest first, a page at a time. Company-scoped records of
+/// other companies are left out; records without a company (logins) are shown to everyone who
+/// may read the audit trail.
+pub async fn list(
+    db: &Database,
+    company_id: i64,
+    filter: &Filter,
+    limit: i64,
+) -> Result<Vec<Record>> {
+    let from = filter.from.map(timestamp);
+    let to = filter.to.map(timestamp);
+    let sql = format!(
+        "SELECT {} FROM audit_log WHERE seq > $1 AND (company_id IS NULL OR company_id = $2) \
+         AND ($3 IS NULL OR object_type = $3) AND ($4 IS NULL OR object_id = $4) \
+         AND ($5 IS NULL OR actor_user_id = $5) AND ($6 IS NULL OR action = $6) \
+         AND ($7 IS NULL OR occurred_at >= $7) AND ($8 IS NULL OR occurred_at < $8) \
+         ORDER BY seq LIMIT $9",
+        RECORD_COLUMNS.join(", ")
+    );
+    let mut tx = db.begin_read().await?;
+    let mut records = tx
+        .fetch_packed(
+            &sql,
+            &RECORD_COLUMNS,
+            &[
+                Param::Int(Some(filter.after.unwrap_or(0))),
+                Param::Int(Some(company_id)),
+                Param::Text(filter.object_type.clone()),
+                Param::Text(filter.object_id.clone()),
+                Param::Int(filter.actor),
+                Param::Text(filter.action.clone()),
+                Param::Text(from),
+                Param::Text(to),
+                Param::Int(Some(limit)),
+            ],
+        )
+        .await?
+        .iter()
+        .map(record_from)
+        .collect::<anyhow::Result<Vec<_>>>()
+        .map_err(Error::Unexpected)?;
+    tx.commit().await?;
+    records.sort_by_key(|r| r.seq);
+    Ok(records)
+}
