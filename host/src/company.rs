@@ -131,6 +131,30 @@ async fn load_all(db: &Database) -> anyhow::Result<Vec<Company>> {
 }
 
 async fn create_default(db: &Database, base_currency: &str) -> anyhow::Result<Company> {
+    let company = insert(
+        db,
+        DEFAULT_COMPANY_CODE,
+        "My company",
+        base_currency,
+        &crate::audit::Origin::system(),
+    )
+    .await?;
+    tracing::info!(
+        code = DEFAULT_COMPANY_CODE,
+        base_currency,
+        "created the default company"
+    );
+    Ok(company)
+}
+
+/// Creates a company with the fiscal year containing today open, and audits it.
+async fn insert(
+    db: &Database,
+    code: &str,
+    name: &str,
+    base_currency: &str,
+    origin: &crate::audit::Origin,
+) -> anyhow::Result<Company> {
     let currency = currency::lookup(base_currency).ok_or_else(|| {
         anyhow::anyhow!("{base_currency:?} is not an ISO 4217 currency code Keel knows")
     })?;
@@ -140,8 +164,8 @@ async fn create_default(db: &Database, base_currency: &str) -> anyhow::Result<Co
             "INSERT INTO companies (code, name, base_currency, fiscal_year_start_month, created_at) \
              VALUES ($1, $2, $3, 1, $4) RETURNING id",
         )
-        .bind(DEFAULT_COMPANY_CODE)
-        .bind("My company")
+        .bind(code)
+        .bind(name)
         .bind(currency.code)
         .bind(Utc::now())
         .fetch_one(conn)
@@ -150,19 +174,56 @@ async fn create_default(db: &Database, base_currency: &str) -> anyhow::Result<Co
     });
     let company = Company {
         id,
-        code: DEFAULT_COMPANY_CODE.to_owned(),
-        name: "My company".to_owned(),
+        code: code.to_owned(),
+        name: name.to_owned(),
         base_currency: currency,
         fiscal_year_start_month: 1,
     };
+    crate::audit::append(
+        &mut tx,
+        origin,
+        &[crate::audit::Event::new(
+            Some(id),
+            "companies:create",
+            "company",
+            code,
+            serde_json::json!({ "name": name, "base_currency": currency.code }),
+        )],
+    )
+    .await?;
     open_current_year(&mut tx, &company).await?;
+    crate::authz::add_default_duty_rules(&mut tx, id).await?;
     tx.commit().await?;
-    tracing::info!(
-        code = DEFAULT_COMPANY_CODE,
-        base_currency,
-        "created the default company"
-    );
     Ok(company)
+}
+
+impl Companies {
+    /// Creates another company (a subsidiary, a test company) next to the default one.
+    pub async fn create(
+        &self,
+        code: &str,
+        name: &str,
+        base_currency: &str,
+        origin: &crate::audit::Origin,
+    ) -> Result<Company> {
+        if crate::identity::check_username(code).is_err() {
+            return Err(Error::invalid(
+                "code",
+                "a company code has lowercase letters, digits, '.', '-', '_'",
+            ));
+        }
+        if self.by_code(code).await.is_ok() {
+            return Err(Error::Conflict(format!(
+                "a company with code {code:?} exists already"
+            )));
+        }
+        let company = insert(&self.db, code, name, base_currency, origin).await?;
+        self.by_code
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(code.to_owned(), company.clone());
+        Ok(company)
+    }
 }
 
 async fn open_current_year(tx: &mut Tx, company: &Company) -> anyhow::Result<()> {

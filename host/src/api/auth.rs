@@ -188,7 +188,14 @@ impl<P: Need + Send + Sync> FromRequestParts<AppState> for Authorized<P> {
                     "security:permission-denied",
                     "permission",
                     permission,
-                    json!({ "method": parts.method.as_str(), "path": parts.uri.path() }),
+                    json!({
+                        "method": parts.method.as_str(),
+                        // Nested routers see their own part of the path; record the whole one.
+                        "path": parts
+                            .extensions
+                            .get::<axum::extract::OriginalUri>()
+                            .map_or_else(|| parts.uri.path().to_owned(), |uri| uri.path().to_owned()),
+                    }),
                 );
                 audit::record_security_event(&state.db, &origin, event).await;
                 Err(Error::Forbidden(format!(

@@ -1216,6 +1216,26 @@ async fn duty_rules_in(tx: &mut Tx, company_id: i64, id: Option<i64>) -> Result<
     Ok(rules)
 }
 
+/// Gives a company the default (disabled) segregation-of-duties rules.
+pub async fn add_default_duty_rules(tx: &mut Tx, company_id: i64) -> anyhow::Result<()> {
+    for (name, action, conflicting) in DEFAULT_DUTY_RULES {
+        on_conn!(tx, conn => {
+            sqlx::query(
+                "INSERT INTO authz_duty_rules (company_id, name, action, conflicting_action, enabled, created_at) \
+                 VALUES ($1, $2, $3, $4, FALSE, $5)",
+            )
+            .bind(company_id)
+            .bind(*name)
+            .bind(action.to_string())
+            .bind(conflicting.to_string())
+            .bind(Utc::now())
+            .execute(&mut *conn)
+            .await?;
+        });
+    }
+    bump_version(tx).await
+}
+
 /// Writes the built-in roles as this version defines them, and each company's default duty
 /// rules when it has none yet.
 async fn seed(db: &Database) -> anyhow::Result<()> {
@@ -1276,22 +1296,8 @@ async fn seed(db: &Database) -> anyhow::Result<()> {
         )
         .await?;
     for company in &companies {
-        for (name, action, conflicting) in DEFAULT_DUTY_RULES {
-            on_conn!(&mut tx, conn => {
-                sqlx::query(
-                    "INSERT INTO authz_duty_rules (company_id, name, action, conflicting_action, enabled, created_at) \
-                     VALUES ($1, $2, $3, $4, FALSE, $5)",
-                )
-                .bind(company.int(0)?)
-                .bind(*name)
-                .bind(action.to_string())
-                .bind(conflicting.to_string())
-                .bind(Utc::now())
-                .execute(&mut *conn)
-                .await?;
-            });
-            changed = true;
-        }
+        add_default_duty_rules(&mut tx, company.int(0)?).await?;
+        changed = true;
     }
     if changed {
         bump_version(&mut tx).await?;
