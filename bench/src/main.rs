@@ -67,15 +67,14 @@ struct Args {
 struct Server {
     child: Child,
     base: String,
+    /// The API token of the administrator the bench creates.
+    token: String,
     _data_dir: Option<tempfile::TempDir>,
 }
 
 impl Server {
     async fn start(args: &Args) -> anyhow::Result<Self> {
-        let mut command = Command::new(&args.keel);
-        command
-            .args(["serve", "--addr", "127.0.0.1:0"])
-            .env("KEEL_LOG", "warn");
+        let mut location: Vec<String> = Vec::new();
         let data_dir = match &args.postgres_url {
             Some(admin_url) => {
                 let name = format!("keel_bench_{}", std::process::id());
@@ -92,15 +91,37 @@ impl Server {
                 let (base, _) = admin_url
                     .rsplit_once('/')
                     .context("a URL with a database name")?;
-                command.args(["--database-url", &format!("{base}/{name}")]);
+                location.extend(["--database-url".to_owned(), format!("{base}/{name}")]);
                 None
             }
             None => {
                 let dir = tempfile::tempdir()?;
-                command.arg("--data-dir").arg(dir.path());
+                location.extend(["--data-dir".to_owned(), dir.path().display().to_string()]);
                 Some(dir)
             }
         };
+        let added = Command::new(&args.keel)
+            .args(["user", "add", "bench", "--role", "admin"])
+            .args(&location)
+            .env("KEEL_LOG", "warn")
+            .output()
+            .context("creating the bench administrator")?;
+        ensure!(
+            added.status.success(),
+            "keel user add failed: {}",
+            String::from_utf8_lossy(&added.stderr)
+        );
+        let token = String::from_utf8_lossy(&added.stdout)
+            .lines()
+            .last()
+            .context("a token")?
+            .trim()
+            .to_owned();
+        let mut command = Command::new(&args.keel);
+        command
+            .args(["serve", "--addr", "127.0.0.1:0"])
+            .args(&location)
+            .env("KEEL_LOG", "warn");
         let mut child = command
             .stdout(Stdio::piped())
             .spawn()
@@ -117,6 +138,7 @@ impl Server {
         Ok(Self {
             child,
             base,
+            token,
             _data_dir: data_dir,
         })
     }
@@ -356,7 +378,12 @@ async fn single_entries(
     let posted = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for client in 0..clients {
-        let (stop, posted, base) = (stop.clone(), posted.clone(), server.base.clone());
+        let (stop, posted, base, token) = (
+            stop.clone(),
+            posted.clone(),
+            server.base.clone(),
+            server.token.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut connection = RawConnection::open(&base).await?;
             let mut latencies = Vec::new();
@@ -364,7 +391,8 @@ async fn single_entries(
             while !stop.load(Ordering::Relaxed) {
                 // Live postings are dated today: all on one day, across all the accounts.
                 let body = serde_json::to_vec(&entry(n, accounts, LIVE_DAY))?;
-                let key = format!("Idempotency-Key: single-{n}\r\n");
+                let key =
+                    format!("Idempotency-Key: single-{n}\r\nAuthorization: Bearer {token}\r\n");
                 let started = Instant::now();
                 let (status, reply) = connection
                     .post("/api/v1/ledger/entries", &key, &body)
@@ -407,7 +435,16 @@ async fn main() -> anyhow::Result<()> {
         "SQLite"
     };
     let server = Server::start(&args).await?;
-    let http = reqwest::Client::new();
+    let http = {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {}", server.token).parse()?,
+        );
+        reqwest::Client::builder()
+            .default_headers(headers)
+            .build()?
+    };
     check(http.get(server.url("/readyz")).send().await?, "readiness").await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     println!("backend: {backend}");

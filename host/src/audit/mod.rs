@@ -59,8 +59,8 @@ pub struct Event {
     pub action: String,
     pub object_type: String,
     pub object_id: String,
-    /// Before/after values or the details of the event.
-    pub change: serde_json::Value,
+    /// Before/after values or the details of the event, as JSON text.
+    pub change: String,
 }
 
 impl Event {
@@ -69,14 +69,15 @@ impl Event {
         action: &str,
         object_type: &str,
         object_id: impl ToString,
-        change: serde_json::Value,
+        change: impl Serialize,
     ) -> Self {
         Self {
             company_id,
             action: action.to_owned(),
             object_type: object_type.to_owned(),
             object_id: object_id.to_string(),
-            change,
+            // Serializing plain data to a String cannot fail.
+            change: serde_json::to_string(&change).unwrap_or_else(|_| "null".to_owned()),
         }
     }
 }
@@ -104,21 +105,23 @@ pub struct Record {
 impl Record {
     /// SHA-256 over the canonical form of the record's content and the previous hash.
     pub fn compute_hash(&self) -> String {
-        let canonical = serde_json::json!([
+        // A JSON array of the fields in this order, compact: serialized straight from a tuple.
+        let canonical = (
             self.seq,
-            self.occurred_at,
+            &self.occurred_at,
             self.company_id,
             self.actor_user_id,
-            self.actor_plugin,
-            self.action,
-            self.object_type,
-            self.object_id,
-            self.change,
-            self.request_id,
-            self.idempotency_key,
-            self.prev_hash,
-        ]);
-        hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+            &self.actor_plugin,
+            &self.action,
+            &self.object_type,
+            &self.object_id,
+            &self.change,
+            &self.request_id,
+            &self.idempotency_key,
+            &self.prev_hash,
+        );
+        let bytes = serde_json::to_vec(&canonical).unwrap_or_default();
+        hex::encode(Sha256::digest(&bytes))
     }
 }
 
@@ -160,7 +163,7 @@ pub async fn append_many(tx: &mut Tx, events: &[(&Origin, Event)]) -> anyhow::Re
             action: event.action.clone(),
             object_type: event.object_type.clone(),
             object_id: event.object_id.clone(),
-            change: event.change.to_string(),
+            change: event.change.clone(),
             request_id: origin.request_id.clone(),
             idempotency_key: origin.idempotency_key.clone(),
             prev_hash: prev_hash.clone(),

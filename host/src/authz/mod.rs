@@ -397,6 +397,30 @@ async fn build_snapshot(db: &Database) -> anyhow::Result<Snapshot> {
     })
 }
 
+/// Asks casbin for the broadest scope the policy grants.
+fn enforce(
+    snapshot: &Snapshot,
+    user_id: i64,
+    company_id: i64,
+    permission: Permission,
+) -> Option<Scope> {
+    let (user, domain) = (subject(user_id), company_id.to_string());
+    [Scope::All, Scope::Team, Scope::Own]
+        .into_iter()
+        .find(|scope| {
+            snapshot
+                .enforcer
+                .enforce((
+                    user.as_str(),
+                    domain.as_str(),
+                    permission.resource,
+                    permission.action,
+                    scope.as_str(),
+                ))
+                .unwrap_or(false)
+        })
+}
+
 /// Inserts a role's permission rows.
 async fn insert_grants(tx: &mut Tx, role_id: i64, grants: &[Grant]) -> anyhow::Result<()> {
     for grant in grants {
@@ -490,21 +514,7 @@ impl Authz {
         {
             return *scope;
         }
-        let (user, domain) = (subject(user_id), company_id.to_string());
-        let scope = [Scope::All, Scope::Team, Scope::Own]
-            .into_iter()
-            .find(|scope| {
-                snapshot
-                    .enforcer
-                    .enforce((
-                        user.as_str(),
-                        domain.as_str(),
-                        permission.resource,
-                        permission.action,
-                        scope.as_str(),
-                    ))
-                    .unwrap_or(false)
-            });
+        let scope = enforce(&snapshot, user_id, company_id, permission);
         let mut memo = snapshot
             .memo
             .write()
@@ -514,6 +524,17 @@ impl Authz {
         }
         memo.insert(key, scope);
         scope
+    }
+
+    /// The answer of the enforcer itself, without the memo in front of it: for benchmarks and
+    /// diagnostics.
+    pub fn scope_uncached(
+        &self,
+        user_id: i64,
+        company_id: i64,
+        permission: Permission,
+    ) -> Option<Scope> {
+        enforce(&self.current(), user_id, company_id, permission)
     }
 
     /// Whether the user holds `grant` (a resource pattern, action and scope) in the company:

@@ -564,11 +564,17 @@ impl Identity {
                 (false, _) => "wrong password",
                 (true, _) => "service accounts cannot log in with a password",
             };
-            let mut event = failure(reason);
-            event.object_id = user.view.id.to_string();
-            if locked_until.is_some() {
-                event.change["locked"] = json!(true);
-            }
+            let event = Event::new(
+                None,
+                "security:login-failed",
+                "user",
+                user.view.id,
+                json!({
+                    "reason": reason,
+                    "address": address.map(|a| a.to_string()),
+                    "locked": locked_until.is_some(),
+                }),
+            );
             audit::append(&mut tx, origin, &[event]).await?;
             tx.commit().await?;
             return Err(Error::Unauthenticated("wrong username or password".into()));

@@ -691,31 +691,46 @@ async fn write_entries(
 /// The audit record of a posted entry: what was posted, in compact form (lines as
 /// `[account, currency, amount, base amount]` in minor units, debit positive).
 pub fn audit_event(company: &Company, id: i64, draft: &EntryDraft) -> Event {
-    let lines: Vec<serde_json::Value> = draft
-        .lines
-        .iter()
-        .map(|line| {
-            json!([
-                line.account.as_str(),
-                line.currency.code,
-                line.amount_minor,
-                line.base_amount_minor
-            ])
-        })
-        .collect();
+    #[derive(serde::Serialize)]
+    struct Change<'a> {
+        after: Summary<'a>,
+    }
+    #[derive(serde::Serialize)]
+    struct Summary<'a> {
+        date: chrono::NaiveDate,
+        memo: &'a str,
+        kind: EntryKind,
+        source: Option<&'a super::model::SourceRef>,
+        reverses: Option<i64>,
+        lines: Vec<(&'a str, &'a str, i64, i64)>,
+    }
+    let change = Change {
+        after: Summary {
+            date: draft.date,
+            memo: &draft.memo,
+            kind: draft.kind,
+            source: draft.source.as_ref(),
+            reverses: draft.reverses,
+            lines: draft
+                .lines
+                .iter()
+                .map(|line| {
+                    (
+                        line.account.as_str(),
+                        line.currency.code,
+                        line.amount_minor,
+                        line.base_amount_minor,
+                    )
+                })
+                .collect(),
+        },
+    };
     Event::new(
         Some(company.id),
         "ledger.entries:post",
         "ledger.entry",
         id,
-        json!({ "after": {
-            "date": draft.date,
-            "memo": draft.memo,
-            "kind": draft.kind,
-            "source": draft.source,
-            "reverses": draft.reverses,
-            "lines": lines,
-        } }),
+        change,
     )
 }
 
