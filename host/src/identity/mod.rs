@@ -585,7 +585,7 @@ impl Identity {
                 .execute(&mut *conn)
                 .await?;
         });
-        let expires_at = now + SESSION_DURATION;
+        let expires_at = crate::ledger::posting::now_micros() + SESSION_DURATION;
         let created = insert_token(
             &mut tx,
             user.view.id,
