@@ -93,6 +93,32 @@ async fn cli_and_server_share_one_ledger(database: TestDatabase) {
     assert_eq!(refused.status(), 401, "no route answers without a token");
     let token = process::add_admin(&database);
     let client = process::client(&token);
+
+    // A custom role made from the CLI works for the server at once.
+    let output = keel(
+        &[
+            "role",
+            "create",
+            "clerk",
+            "--permission",
+            "ledger.entries:post",
+            "--permission",
+            "ledger.accounts:read",
+        ],
+        &database,
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let output = keel(&["user", "add", "clara", "--role", "clerk"], &database);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let clara = process::client(stdout(&output).lines().last().expect("a token").trim());
+    let listed = keel(&["role", "list"], &database);
+    assert!(stdout(&listed).contains("clerk"), "{}", stdout(&listed));
+    let forbidden = clara
+        .get(server.url("/api/v1/ledger/trial-balance"))
+        .send()
+        .await
+        .expect("a request");
+    assert_eq!(forbidden.status(), 403, "a clerk does not read reports");
     let posted = client
         .post(server.url("/api/v1/ledger/entries"))
         .header("Idempotency-Key", "sale-1")

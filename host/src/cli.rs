@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::api::{self, AppState};
 use crate::audit::{self, Origin};
-use crate::authz::Authz;
+use crate::authz::{Authz, Grant, RoleDefinition, Scope};
 use crate::company::{Companies, Company};
 use crate::db::{Database, Location};
 use crate::error::Error;
@@ -156,6 +156,16 @@ enum UserCommand {
 enum RoleCommand {
     /// List the roles of the company with their permissions.
     List,
+    /// Create a custom role, e.g. `keel role create payables-clerk --permission ledger.entries:post
+    /// --permission ledger.accounts:read --permission parties:read:own`.
+    Create {
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// RESOURCE:ACTION[:SCOPE], scope all (default), team or own; repeat for each permission.
+        #[arg(long = "permission", required = true)]
+        permissions: Vec<String>,
+    },
     /// Grant ROLE to USER in the company.
     Grant { user: String, role: String },
     /// Revoke ROLE from USER in the company.
@@ -511,6 +521,28 @@ async fn role_command(
                 );
             }
         }
+        RoleCommand::Create {
+            name,
+            description,
+            permissions,
+        } => {
+            let grants = permissions
+                .iter()
+                .map(|text| parse_grant(text))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let definition = RoleDefinition {
+                name: name.clone(),
+                description,
+                permissions: grants,
+            };
+            let mut tx = db.begin_write().await?;
+            authz
+                .create_role(&mut tx, company.id, None, &definition, &cli_origin())
+                .await
+                .map_err(into_anyhow)?;
+            tx.commit().await?;
+            println!("created role {name} in company {:?}", company.code);
+        }
         RoleCommand::Grant { user, role } => {
             let id = user_id(&identity, &user).await?;
             let mut tx = db.begin_write().await?;
@@ -533,6 +565,29 @@ async fn role_command(
         }
     }
     Ok(())
+}
+
+/// `resource:action[:scope]` as a role permission.
+fn parse_grant(text: &str) -> anyhow::Result<Grant> {
+    let mut parts = text.split(':');
+    let (Some(resource), Some(action)) = (parts.next(), parts.next()) else {
+        anyhow::bail!("{text:?} is not RESOURCE:ACTION[:SCOPE]");
+    };
+    let scope = match parts.next() {
+        None | Some("all") => Scope::All,
+        Some("team") => Scope::Team,
+        Some("own") => Scope::Own,
+        Some(other) => anyhow::bail!("{other:?} is not a scope: use all, team or own"),
+    };
+    anyhow::ensure!(
+        parts.next().is_none(),
+        "{text:?} is not RESOURCE:ACTION[:SCOPE]"
+    );
+    Ok(Grant {
+        resource: resource.to_owned(),
+        action: action.to_owned(),
+        scope,
+    })
 }
 
 async fn audit_command(db: &Database, command: AuditCommand) -> anyhow::Result<()> {

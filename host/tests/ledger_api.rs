@@ -167,6 +167,11 @@ on_both_backends! {
         let fetched = app.get(&format!("/api/v1/ledger/entries/{entry}")).await;
         assert_eq!(fetched.body["lines"][0]["account"], "6900");
 
+        let csv = app.get("/api/v1/ledger/accounts/1020/lines?from=2025-04-02&to=2025-04-30&limit=3&format=csv").await;
+        assert!(csv.content_type.starts_with("text/csv"), "{}", csv.content_type);
+        assert!(csv.text.starts_with("date,entry,line,memo,source,debit,credit,balance\n"), "{}", csv.text);
+        assert!(csv.text.contains(",1.50,28.50"), "{}", csv.text);
+
         let bad_cursor = app.get("/api/v1/ledger/accounts/1020/lines?after=not-a-cursor").await;
         bad_cursor.assert_problem(422, &["after"]);
     }

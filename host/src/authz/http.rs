@@ -57,7 +57,7 @@ async fn create_role(
                 .create_role(
                     tx,
                     auth.company.id,
-                    auth.principal.user_id,
+                    Some(auth.principal.user_id),
                     &definition,
                     &auth.origin,
                 )

@@ -735,17 +735,19 @@ impl Authz {
         &self,
         tx: &mut Tx,
         company_id: i64,
-        grantor: i64,
+        grantor: Option<i64>,
         definition: &RoleDefinition,
         origin: &Origin,
     ) -> Result<RoleView> {
         self.validate_definition(definition)?;
-        self.check_escalation(
-            grantor,
-            company_id,
-            &definition.permissions,
-            &format!("role {}", definition.name),
-        )?;
+        if let Some(grantor) = grantor {
+            self.check_escalation(
+                grantor,
+                company_id,
+                &definition.permissions,
+                &format!("role {}", definition.name),
+            )?;
+        }
         if Self::role_id(tx, company_id, &definition.name)
             .await
             .is_ok()

@@ -159,32 +159,63 @@ struct LinesQuery {
     after: Option<String>,
     /// Page size, 1–500 (default 100).
     limit: Option<u32>,
+    /// `json` (default) or `csv`.
+    format: Option<String>,
 }
 
 /// The account's lines with a running balance, each linked to its entry and source document.
 #[utoipa::path(get, path = "/accounts/{code}/lines", tag = "ledger", params(("code" = String, Path), LinesQuery),
-    responses((status = 200, body = AccountLedger), (status = 404, body = Problem)))]
+    responses((status = 200, body = AccountLedger, content_type = "application/json"), (status = 200, description = "CSV", content_type = "text/csv"),
+        (status = 404, body = Problem)))]
 async fn account_lines(
     State(state): State<AppState>,
     auth: Authorized<need::LedgerReportsRead>,
+    headers: HeaderMap,
     Path(code): Path<String>,
     Params(query): Params<LinesQuery>,
-) -> Result<Json<AccountLedger>> {
+) -> Result<Response> {
     let from = date_param("from", query.from.as_deref())?;
     let to = date_param("to", query.to.as_deref())?.unwrap_or_else(|| Utc::now().date_naive());
     let limit = page_size(query.limit)?;
-    Ok(Json(
-        state
-            .ledger
-            .account_ledger(
-                &auth.company,
-                &code,
-                from,
-                to,
-                query.after.as_deref(),
-                limit,
-            )
-            .await?,
+    let csv = wants_csv(query.format.as_deref(), &headers)?;
+    let report = state
+        .ledger
+        .account_ledger(
+            &auth.company,
+            &code,
+            from,
+            to,
+            query.after.as_deref(),
+            limit,
+        )
+        .await?;
+    if !csv {
+        return Ok(Json(report).into_response());
+    }
+    let rows = report.lines.iter().map(|line| {
+        vec![
+            line.date.to_string(),
+            line.entry.to_string(),
+            line.line.to_string(),
+            line.memo.clone(),
+            line.source
+                .as_ref()
+                .map(|s| format!("{}/{}", s.module, s.document))
+                .unwrap_or_default(),
+            line.debit.clone().unwrap_or_default(),
+            line.credit.clone().unwrap_or_default(),
+            line.balance.clone(),
+        ]
+    });
+    let body = csv_text(
+        &[
+            "date", "entry", "line", "memo", "source", "debit", "credit", "balance",
+        ],
+        rows,
+    )?;
+    Ok(csv_response(
+        &format!("account-{}-lines.csv", report.account),
+        body,
     ))
 }
 
