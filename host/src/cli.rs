@@ -67,6 +67,13 @@ impl DatabaseArgs {
         Location::from_args(self.database_url.as_deref(), &self.data_dir)
     }
 
+    /// Opens the database and picks the company with this code (the default one when absent).
+    async fn open_for(&self, company: Option<&str>) -> anyhow::Result<(Database, Company)> {
+        let (db, companies) = self.open().await?;
+        let company = companies.resolve(company).await?;
+        Ok((db, company))
+    }
+
     async fn open(&self) -> anyhow::Result<(Database, Arc<Companies>)> {
         let db = Database::open(&self.location()?).await?;
         let companies = Companies::bootstrap(&db, self.base_currency.as_deref()).await?;
@@ -294,11 +301,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             company,
             command,
         } => {
-            let (db, companies) = database.open().await?;
-            let company = match company {
-                Some(code) => companies.by_code(&code).await?,
-                None => companies.default_company(),
-            };
+            let (db, company) = database.open_for(company.as_deref()).await?;
             let result = user_command(&db, &company, command).await;
             db.close().await;
             result
@@ -308,11 +311,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             company,
             command,
         } => {
-            let (db, companies) = database.open().await?;
-            let company = match company {
-                Some(code) => companies.by_code(&code).await?,
-                None => companies.default_company(),
-            };
+            let (db, company) = database.open_for(company.as_deref()).await?;
             let result = role_command(&db, &company, command).await;
             db.close().await;
             result
@@ -328,11 +327,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             company,
             command,
         } => {
-            let (db, companies) = database.open().await?;
-            let company = match company {
-                Some(code) => companies.by_code(&code).await?,
-                None => companies.default_company(),
-            };
+            let (db, company) = database.open_for(company.as_deref()).await?;
             let result = ledger_command(&Ledger::new(db.clone()), &company, command).await;
             db.close().await;
             result

@@ -87,6 +87,14 @@ impl Companies {
             .expect("the default company is loaded at bootstrap")
     }
 
+    /// The company with this code, or the default company when none is named.
+    pub async fn resolve(&self, code: Option<&str>) -> Result<Company> {
+        match code {
+            Some(code) => self.by_code(code).await,
+            None => Ok(self.default_company()),
+        }
+    }
+
     /// The company with this code.
     pub async fn by_code(&self, code: &str) -> Result<Company> {
         if let Some(company) = self.cached(code) {

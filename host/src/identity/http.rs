@@ -82,13 +82,10 @@ async fn me(
     auth: Authenticated,
     headers: axum::http::HeaderMap,
 ) -> Result<Json<Me>> {
-    let company = match headers
+    let code = headers
         .get(crate::api::extract::COMPANY_HEADER)
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(code) => state.companies.by_code(code).await?,
-        None => state.companies.default_company(),
-    };
+        .and_then(|v| v.to_str().ok());
+    let company = state.companies.resolve(code).await?;
     let user = state.identity.user(auth.principal.user_id).await?;
     let roles = state
         .authz
