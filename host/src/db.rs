@@ -310,6 +310,15 @@ impl Tx {
         Ok(())
     }
 
+    /// Undoes everything the transaction did (dropping it does the same, less explicitly).
+    pub async fn rollback(self) -> anyhow::Result<()> {
+        match self {
+            Self::Sqlite(tx) => tx.rollback().await?,
+            Self::Postgres(tx) => tx.rollback().await?,
+        }
+        Ok(())
+    }
+
     /// Row-lock suffix for a SELECT whose rows the transaction relies on staying unchanged until
     /// it commits (periods it posts into, accounts it posts to). SQLite's single writer lock
     /// already gives that guarantee.
@@ -574,6 +583,27 @@ impl Backend {
         }
         out.push(')');
         out
+    }
+
+    /// `sql` with its `$N` parameters as this backend numbers them: unchanged on PostgreSQL,
+    /// `?N` on SQLite, where `$N` is a *named* parameter bound in order of first appearance.
+    /// Statements assembled from optional conditions need this to bind by number.
+    pub fn numbered(self, sql: &str) -> String {
+        match self {
+            Self::Postgres => sql.to_owned(),
+            Self::Sqlite => {
+                let mut out = String::with_capacity(sql.len());
+                let mut chars = sql.chars().peekable();
+                while let Some(c) = chars.next() {
+                    if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+                        out.push('?');
+                    } else {
+                        out.push(c);
+                    }
+                }
+                out
+            }
+        }
     }
 
     /// The VALUES list for `rows` rows of `columns` columns, for a statement with no other

@@ -1,12 +1,12 @@
 //! The error every domain operation returns. Each boundary (HTTP, CLI) turns it into its own
 //! form: a problem+json response, or a message and an exit code.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 /// One thing wrong with the input, and where: `field` is a path into the request body such as
 /// `entries[2].lines[0].debit`, or a query parameter name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,
@@ -40,6 +40,12 @@ pub enum Error {
     /// The request contradicts the current state (a second reversal, a reused idempotency key).
     #[error("{0}")]
     Conflict(String),
+    /// The new record looks like existing ones; the client confirms or uses one of them.
+    #[error("{detail}")]
+    Duplicates {
+        detail: String,
+        candidates: serde_json::Value,
+    },
     /// A bug or an infrastructure failure; the details are logged, never shown to the client.
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),

@@ -12,3 +12,4 @@ pub mod error;
 pub mod idempotency;
 pub mod identity;
 pub mod ledger;
+pub mod parties;

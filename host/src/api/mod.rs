@@ -30,6 +30,7 @@ use crate::db::Database;
 use crate::idempotency::StoredResponse;
 use crate::identity::Identity;
 use crate::ledger::Ledger;
+use crate::parties::Parties;
 use problem::{Problem, UnexpectedError};
 
 /// Largest request body: a full batch of entries (10,000 entries of a few lines) fits.
@@ -52,6 +53,7 @@ pub struct AppState {
     pub ledger: Ledger,
     pub identity: Arc<Identity>,
     pub authz: Arc<Authz>,
+    pub parties: Parties,
 }
 
 impl AppState {
@@ -61,6 +63,7 @@ impl AppState {
         Ok(Self {
             ledger: Ledger::for_server(db.clone(), authz.clone()),
             identity: Arc::new(Identity::new(db.clone())),
+            parties: Parties::new(db.clone(), authz.clone()),
             authz,
             companies,
             db,
@@ -82,6 +85,7 @@ impl AppState {
     security(("bearer" = [])),
     tags(
         (name = "ledger", description = "Chart of accounts, journal entries, periods and reports"),
+        (name = "parties", description = "The customer master: customers, vendors, contacts and employees"),
         (name = "identity", description = "Login, users, service accounts and API tokens"),
         (name = "authz", description = "Roles, grants and segregation-of-duties rules"),
         (name = "audit", description = "The tamper-evident audit trail")
@@ -109,6 +113,7 @@ impl utoipa::Modify for BearerAuth {
 fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1/ledger", crate::ledger::http::router())
+        .nest("/api/v1/parties", crate::parties::http::router())
         .nest("/api/v1", crate::identity::http::router())
         .nest("/api/v1", crate::authz::http::router())
         .nest("/api/v1", crate::audit::http::router())

@@ -19,6 +19,10 @@ pub struct Problem {
     /// For validation problems: each offending field and what is wrong with it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+    /// For possible duplicates: the existing records the new one resembles.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub candidates: Option<Box<serde_json::Value>>,
 }
 
 /// Marks a response caused by an unexpected error, so the logging middleware reports it once
@@ -34,6 +38,7 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             errors: Vec::new(),
+            candidates: None,
         }
     }
 
@@ -122,6 +127,16 @@ impl IntoResponse for Error {
                 "The request conflicts with the current state; nothing was written",
                 detail,
             )
+            .into_response(),
+            Error::Duplicates { detail, candidates } => Problem {
+                candidates: Some(Box::new(candidates)),
+                ..Problem::new(
+                    StatusCode::CONFLICT,
+                    "possible-duplicates",
+                    "Possible duplicates; nothing was written",
+                    detail,
+                )
+            }
             .into_response(),
             Error::Unexpected(error) => {
                 let mut response = Problem::new(

@@ -117,6 +117,10 @@ pub mod perm {
     pub const LEDGER_REPORTS_READ: Permission = p("ledger.reports", "read");
     pub const PARTIES_READ: Permission = p("parties", "read");
     pub const PARTIES_WRITE: Permission = p("parties", "write");
+    pub const PARTIES_MERGE: Permission = p("parties", "merge");
+    pub const PARTIES_IMPORT: Permission = p("parties", "import");
+    pub const PARTIES_ERASE: Permission = p("parties", "erase");
+    pub const PARTY_FIELDS_WRITE: Permission = p("parties.fields", "write");
     pub const USERS_READ: Permission = p("users", "read");
     pub const USERS_WRITE: Permission = p("users", "write");
     pub const ROLES_READ: Permission = p("roles", "read");
@@ -137,6 +141,10 @@ pub mod perm {
         LEDGER_REPORTS_READ,
         PARTIES_READ,
         PARTIES_WRITE,
+        PARTIES_MERGE,
+        PARTIES_IMPORT,
+        PARTIES_ERASE,
+        PARTY_FIELDS_WRITE,
         USERS_READ,
         USERS_WRITE,
         ROLES_READ,

@@ -81,7 +81,8 @@ struct PeriodRow {
 struct Lookups {
     accounts: HashMap<String, AccountRow>,
     periods: Vec<PeriodRow>,
-    parties: HashSet<i64>,
+    /// Parties of the company, with the party each merged one was merged into.
+    parties: HashMap<i64, Option<i64>>,
     /// Entries already posted under an idempotency key: key → (id, fingerprint).
     keyed: HashMap<String, (i64, Option<String>)>,
 }
@@ -149,7 +150,7 @@ async fn load_lookups(tx: &mut Tx, company: &Company, jobs: &[Job<'_>]) -> anyho
         .collect();
     for chunk in parties.chunks(KEYS_PER_QUERY_MAX) {
         let sql = format!(
-            "SELECT id FROM parties WHERE company_id = $1 AND id IN {}{lock}",
+            "SELECT id, merged_into_id FROM parties WHERE company_id = $1 AND id IN {}{lock}",
             tx.backend().placeholders(2, chunk.len())
         );
         on_conn!(tx, conn => {
@@ -158,7 +159,7 @@ async fn load_lookups(tx: &mut Tx, company: &Company, jobs: &[Job<'_>]) -> anyho
                 query = query.bind(id);
             }
             for row in query.fetch_all(&mut *conn).await? {
-                lookups.parties.insert(row.int("id")?);
+                lookups.parties.insert(row.int("id")?, row.opt_int("merged_into_id")?);
             }
         });
     }
@@ -324,10 +325,17 @@ fn check_draft(
             ),
             Some(_) => {}
         }
-        if let Some(party) = line.party
-            && !lookups.parties.contains(&party)
-        {
-            report(&field("party"), format!("there is no party {party}"));
+        if let Some(party) = line.party {
+            match lookups.parties.get(&party) {
+                None => report(&field("party"), format!("there is no party {party}")),
+                Some(Some(survivor)) => report(
+                    &field("party"),
+                    format!(
+                        "party {party} was merged into party {survivor}; post against {survivor}"
+                    ),
+                ),
+                Some(None) => {}
+            }
         }
     }
 }

@@ -1,0 +1,298 @@
+//! Finding parties: full text over names, emails, phones, tax ids and text custom fields
+//! (SQLite FTS5 with trigram tokens; PostgreSQL trigram indexes), filters, and cursor pages in
+//! name order.
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::Viewer;
+use super::fields;
+use super::model::{PartyKind, PartyRole, PartyStatus, PartyView, sort_key};
+use super::store::{self, fold};
+use crate::company::Company;
+use crate::db::{Backend, Param, Tx};
+use crate::error::{Error, Result};
+
+/// Search words shorter than this match name prefixes instead of fragments: trigram indexes
+/// need three characters.
+const FRAGMENT_CHARS_MIN: usize = 3;
+/// Words of a search taken into account.
+const SEARCH_WORDS_MAX: usize = 8;
+
+/// Query parameters of `GET /api/v1/parties`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct PartyQuery {
+    /// Words that must all appear in the name, an email, a phone number, a tax id or a text
+    /// custom field (fragments of three or more characters; shorter words match name starts).
+    pub q: Option<String>,
+    pub kind: Option<PartyKind>,
+    pub role: Option<PartyRole>,
+    pub tag: Option<String>,
+    /// Owner user id.
+    pub owner: Option<i64>,
+    /// `active`, `blocked`, `archived` or `merged`; all but merged when absent.
+    pub status: Option<PartyStatus>,
+    /// A custom field value as `name:value`, such as `tier:gold`.
+    pub field: Option<String>,
+    /// Parties related to this one (its contacts and subsidiaries).
+    pub related_to: Option<i64>,
+    /// The `next` value of the previous page.
+    pub cursor: Option<String>,
+    /// Page size, 1–500 (100 when absent).
+    pub limit: Option<u32>,
+    /// `csv` for a CSV export of every match; `json` (the default) for a page.
+    pub format: Option<String>,
+}
+
+/// One page of parties, in name order.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PartyPage {
+    pub parties: Vec<PartyView>,
+    /// Cursor for the next page, absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// A condition under construction: SQL with `$N` parameters and their values.
+struct Conditions {
+    sql: Vec<String>,
+    params: Vec<Param>,
+}
+
+impl Conditions {
+    fn new() -> Self {
+        Self {
+            sql: Vec::new(),
+            params: Vec::new(),
+        }
+    }
+
+    /// The next parameter's placeholder; `$1` is the company.
+    fn param(&mut self, value: Param) -> String {
+        self.params.push(value);
+        format!("${}", self.params.len() + 1)
+    }
+}
+
+fn encode_cursor(sort_name: &str, id: i64) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{id}:{sort_name}"))
+}
+
+fn decode_cursor(cursor: &str) -> Result<(String, i64)> {
+    let invalid = || Error::invalid("cursor", "is not a cursor this server gave out");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let (id, name) = text.split_once(':').ok_or_else(invalid)?;
+    Ok((name.to_owned(), id.parse().map_err(|_| invalid())?))
+}
+
+/// Escapes `%`, `_` and `\` for a LIKE pattern with `ESCAPE '\'`.
+fn like_escape(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
+/// The condition that the party's search text holds `word` (three characters or more).
+fn fragment_condition(backend: Backend, conditions: &mut Conditions, words: &[String]) {
+    match backend {
+        Backend::Sqlite => {
+            // One FTS5 query: each word a quoted phrase, all required.
+            let query = words
+                .iter()
+                .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            let p = conditions.param(Param::Text(Some(query)));
+            conditions.sql.push(format!(
+                "p.id IN (SELECT rowid FROM party_search WHERE party_search MATCH {p})"
+            ));
+        }
+        Backend::Postgres => {
+            for word in words {
+                let p = conditions.param(Param::Text(Some(format!("%{}%", like_escape(word)))));
+                conditions
+                    .sql
+                    .push(format!("p.search_text LIKE {p} ESCAPE '\\'"));
+            }
+        }
+    }
+}
+
+/// The condition that the sort name starts with `prefix`.
+fn prefix_condition(conditions: &mut Conditions, prefix: &str) {
+    let low = conditions.param(Param::Text(Some(prefix.to_owned())));
+    let high = conditions.param(Param::Text(Some(format!("{prefix}\u{10FFFF}"))));
+    conditions
+        .sql
+        .push(format!("p.sort_name >= {low} AND p.sort_name < {high}"));
+}
+
+/// Adds the conditions of a text search.
+fn text_conditions(backend: Backend, conditions: &mut Conditions, q: &str) -> Result<()> {
+    let words: Vec<String> = fold(q)
+        .split_whitespace()
+        .take(SEARCH_WORDS_MAX)
+        .map(str::to_owned)
+        .collect();
+    if words.is_empty() {
+        return Ok(());
+    }
+    let fragments: Vec<String> = words
+        .iter()
+        .filter(|w| w.chars().count() >= FRAGMENT_CHARS_MIN)
+        .cloned()
+        .collect();
+    if fragments.is_empty() {
+        let prefix = sort_key(q);
+        if prefix.is_empty() {
+            return Err(Error::invalid("q", "search for letters or digits"));
+        }
+        prefix_condition(conditions, &prefix);
+    } else {
+        fragment_condition(backend, conditions, &fragments);
+    }
+    Ok(())
+}
+
+fn key_condition(conditions: &mut Conditions, kind: &str, value: &str) {
+    let k = conditions.param(Param::Text(Some(kind.to_owned())));
+    let v = conditions.param(Param::Text(Some(value.to_owned())));
+    conditions.sql.push(format!(
+        "EXISTS (SELECT 1 FROM party_keys k WHERE k.company_id = p.company_id AND k.kind = {k} AND k.value = {v} AND k.party_id = p.id)"
+    ));
+}
+
+/// The conditions of a query, without the cursor.
+async fn conditions_of(
+    tx: &mut Tx,
+    company: &Company,
+    viewer: &Viewer,
+    query: &PartyQuery,
+) -> Result<Conditions> {
+    let mut conditions = Conditions::new();
+    match query.status {
+        Some(status) => {
+            let p = conditions.param(Param::Text(Some(status.as_str().to_owned())));
+            conditions.sql.push(format!("p.status = {p}"));
+        }
+        None => conditions.sql.push("p.merged_into_id IS NULL".to_owned()),
+    }
+    if let Some(kind) = query.kind {
+        let p = conditions.param(Param::Text(Some(kind.as_str().to_owned())));
+        conditions.sql.push(format!("p.kind = {p}"));
+    }
+    let mut owners = viewer.owners();
+    if let Some(owner) = query.owner {
+        owners = Some(match owners {
+            Some(reach) => reach.into_iter().filter(|o| *o == owner).collect(),
+            None => vec![owner],
+        });
+    }
+    if let Some(owners) = owners {
+        if owners.is_empty() {
+            conditions.sql.push("1 = 0".to_owned());
+        } else {
+            let list: Vec<String> = owners
+                .iter()
+                .map(|o| conditions.param(Param::Int(Some(*o))))
+                .collect();
+            conditions
+                .sql
+                .push(format!("p.owner_user_id IN ({})", list.join(", ")));
+        }
+    }
+    if let Some(role) = query.role {
+        key_condition(&mut conditions, "role", role.as_str());
+    }
+    if let Some(tag) = &query.tag {
+        key_condition(&mut conditions, "tag", &tag.trim().to_lowercase());
+    }
+    if let Some(field) = &query.field {
+        let (name, value) = field
+            .split_once(':')
+            .ok_or_else(|| Error::invalid("field", "is name:value, such as tier:gold"))?;
+        let definition = fields::get(tx, company, name).await.map_err(|_| {
+            Error::invalid("field", format!("no custom field {name:?} is declared"))
+        })?;
+        let key = fields::filter_key(&definition, value)
+            .map_err(|message| Error::invalid("field", message))?;
+        key_condition(&mut conditions, &fields::key_kind(name), &key);
+    }
+    if let Some(related) = query.related_to {
+        let p = conditions.param(Param::Int(Some(related)));
+        conditions.sql.push(format!(
+            "p.id IN (SELECT party_id FROM party_relationships WHERE related_party_id = {p})"
+        ));
+    }
+    if let Some(q) = &query.q {
+        text_conditions(tx.backend(), &mut conditions, q)?;
+    }
+    Ok(conditions)
+}
+
+/// One page of the parties matching `query` that the viewer reaches.
+pub async fn page(
+    tx: &mut Tx,
+    company: &Company,
+    viewer: &Viewer,
+    query: &PartyQuery,
+    limit: usize,
+) -> Result<PartyPage> {
+    let mut conditions = conditions_of(tx, company, viewer, query).await?;
+    if let Some(cursor) = &query.cursor {
+        let (name, id) = decode_cursor(cursor)?;
+        let n = conditions.param(Param::Text(Some(name)));
+        let i = conditions.param(Param::Int(Some(id)));
+        conditions.sql.push(format!(
+            "(p.sort_name > {n} OR (p.sort_name = {n} AND p.id > {i}))"
+        ));
+    }
+    let mut parties = store::select(
+        tx,
+        company,
+        &conditions.sql.join(" AND "),
+        &conditions.params,
+        limit + 1,
+    )
+    .await?;
+    let next = (parties.len() > limit).then(|| {
+        parties.truncate(limit);
+        let last = parties.last().expect("a full page has a last party");
+        encode_cursor(&last.sort_name, last.id)
+    });
+    Ok(PartyPage {
+        parties: parties.iter().map(|p| p.view(company)).collect(),
+        next,
+    })
+}
+
+/// Parties whose search text holds `word`, for duplicate detection: (id, name).
+pub async fn name_candidates(
+    tx: &mut Tx,
+    company: &Company,
+    word: &str,
+    limit: usize,
+) -> Result<Vec<(i64, String)>> {
+    let mut conditions = Conditions::new();
+    conditions.sql.push("p.merged_into_id IS NULL".to_owned());
+    fragment_condition(tx.backend(), &mut conditions, &[fold(word)]);
+    let sql = tx.backend().numbered(&format!(
+        "SELECT p.id AS id, p.display_name AS display_name FROM parties p WHERE p.company_id = $1 AND {} LIMIT {limit}",
+        conditions.sql.join(" AND ")
+    ));
+    let mut params = vec![Param::Int(Some(company.id))];
+    params.extend(conditions.params);
+    let rows = tx
+        .fetch_packed(&sql, &["id", "display_name"], &params)
+        .await?;
+    rows.iter()
+        .map(|row| Ok((row.int(0)?, row.text(1)?)))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .map_err(Error::from)
+}
