@@ -221,3 +221,88 @@ fn an_unsupported_database_url_is_refused_with_advice() {
         stderr(&output)
     );
 }
+
+async fn the_cli_imports_and_exports_parties(database: TestDatabase) {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let csv = dir.path().join("parties.csv");
+    std::fs::write(
+        &csv,
+        "external_id,name,kind,roles,emails\n\
+         C-1,Zephyr Widgets GmbH,organization,customer,billing@zephyr.example\n\
+         C-2,Broken Row,organization,customer,not-an-email\n\
+         C-3,Ada Lovelace,person,contact,ada@example.org\n",
+    )
+    .expect("writing the file");
+    let path = csv.to_str().expect("a UTF-8 path");
+
+    let dry = keel(&["parties", "import", path, "--dry-run"], &database);
+    assert_eq!(dry.status.code(), Some(1), "a bad row fails the command");
+    assert!(
+        stdout(&dry).contains("3 rows: would create 2"),
+        "{}",
+        stdout(&dry)
+    );
+    assert!(
+        stdout(&dry).contains("line 3: emails[0]"),
+        "{}",
+        stdout(&dry)
+    );
+
+    let strict = keel(&["parties", "import", path, "--all-or-nothing"], &database);
+    assert!(
+        stdout(&strict).contains("nothing was written"),
+        "{}",
+        stdout(&strict)
+    );
+    let export = keel(&["parties", "export"], &database);
+    assert!(export.status.success(), "{}", stderr(&export));
+    assert_eq!(
+        stdout(&export).lines().count(),
+        1,
+        "only the header: {}",
+        stdout(&export)
+    );
+
+    let real = keel(&["parties", "import", path], &database);
+    assert!(stdout(&real).contains("created 2"), "{}", stdout(&real));
+    let again = keel(&["parties", "import", path], &database);
+    assert!(
+        stdout(&again).contains("created 0, updated 2"),
+        "{}",
+        stdout(&again)
+    );
+
+    let xlsx = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/parties.xlsx");
+    let workbook = keel(&["parties", "import", xlsx], &database);
+    assert!(
+        stdout(&workbook).contains("2 rows: created 1"),
+        "{}{}",
+        stdout(&workbook),
+        stderr(&workbook)
+    );
+
+    let out = dir.path().join("export.csv");
+    let export = keel(
+        &[
+            "parties",
+            "export",
+            "--output",
+            out.to_str().expect("UTF-8"),
+        ],
+        &database,
+    );
+    assert!(export.status.success(), "{}", stderr(&export));
+    let text = std::fs::read_to_string(&out).expect("the export");
+    assert_eq!(text.lines().count(), 4, "{text}");
+    assert!(text.contains("Umbrella Holdings"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_imports_and_exports_parties_on_sqlite() {
+    the_cli_imports_and_exports_parties(TestDatabase::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_imports_and_exports_parties_on_postgres() {
+    the_cli_imports_and_exports_parties(TestDatabase::postgres().await).await;
+}

@@ -23,6 +23,8 @@ use crate::ledger::model::{EntryInput, LineInput, SourceRef, parse_date};
 use crate::ledger::periods::CloseFiscalYear;
 use crate::ledger::reports::TrialBalance;
 use crate::ledger::{Ledger, chart};
+use crate::parties::search::PartyQuery;
+use crate::parties::{Parties, Viewer, transfer};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -126,6 +128,16 @@ enum Command {
         #[command(subcommand)]
         command: RoleCommand,
     },
+    /// The customer master: import and export parties.
+    Parties {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Company code; the default company when absent.
+        #[arg(long, global = true)]
+        company: Option<String>,
+        #[command(subcommand)]
+        command: PartiesCommand,
+    },
     /// The audit trail: verify its hash chain, export it.
     Audit {
         #[command(flatten)]
@@ -177,6 +189,33 @@ enum RoleCommand {
     Grant { user: String, role: String },
     /// Revoke ROLE from USER in the company.
     Revoke { user: String, role: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum PartiesCommand {
+    /// Import parties from a CSV or XLSX file (the columns of `keel parties export`). A row
+    /// whose external id is known updates that party; the others create one. Bad rows are
+    /// reported by line; the exit code is 1 when there are any.
+    Import {
+        file: PathBuf,
+        /// Check every row and report, writing nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Write nothing if any row is bad (otherwise the good rows are written).
+        #[arg(long)]
+        all_or_nothing: bool,
+        /// Create rows that look like existing parties instead of reporting them.
+        #[arg(long)]
+        allow_duplicates: bool,
+        /// The system the file's external ids belong to (`import` when absent).
+        #[arg(long)]
+        system: Option<String>,
+    },
+    /// Write every party as CSV to standard output or a file.
+    Export {
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -313,6 +352,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let (db, company) = database.open_for(company.as_deref()).await?;
             let result = role_command(&db, &company, command).await;
+            db.close().await;
+            result
+        }
+        Command::Parties {
+            database,
+            company,
+            command,
+        } => {
+            let (db, company) = database.open_for(company.as_deref()).await?;
+            let result = parties_command(&db, &company, command).await;
             db.close().await;
             result
         }
@@ -583,6 +632,108 @@ fn parse_grant(text: &str) -> anyhow::Result<Grant> {
         action: action.to_owned(),
         scope,
     })
+}
+
+async fn parties_command(
+    db: &Database,
+    company: &Company,
+    command: PartiesCommand,
+) -> anyhow::Result<()> {
+    let authz = Arc::new(Authz::load(db).await?);
+    let parties = Parties::new(db.clone(), authz);
+    // The CLI works with the database's own access: every party is within reach.
+    let viewer = Viewer {
+        user_id: 0,
+        scope: Scope::All,
+        team: Vec::new(),
+    };
+    match command {
+        PartiesCommand::Import {
+            file,
+            dry_run,
+            all_or_nothing,
+            allow_duplicates,
+            system,
+        } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let is_xlsx = file
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("xlsx"));
+            let text = if is_xlsx {
+                transfer::xlsx_to_csv(&bytes)?
+            } else {
+                String::from_utf8(bytes).map_err(|_| {
+                    anyhow::anyhow!(
+                        "{} is not UTF-8 text; save the CSV as UTF-8",
+                        file.display()
+                    )
+                })?
+            };
+            let options = transfer::ImportOptions {
+                dry_run,
+                all_or_nothing,
+                allow_duplicates,
+                system,
+            };
+            let bar = indicatif::ProgressBar::new(0).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} rows, {per_sec}, {eta} left",
+                )
+                .context("the progress bar style")?,
+            );
+            let progress = |done: usize, total: usize| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            };
+            let report = parties
+                .import_csv(company, &viewer, &text, &options, &cli_origin(), &progress)
+                .await;
+            bar.finish_and_clear();
+            let report = report?;
+            let verb = if report.dry_run {
+                "would create"
+            } else {
+                "created"
+            };
+            println!(
+                "{} rows: {verb} {}, {} {}, {} bad{}",
+                report.rows,
+                report.created,
+                if report.dry_run {
+                    "would update"
+                } else {
+                    "updated"
+                },
+                report.updated,
+                report.failed,
+                if report.rolled_back {
+                    "; nothing was written (--all-or-nothing)"
+                } else {
+                    ""
+                }
+            );
+            for row in &report.errors {
+                for error in &row.errors {
+                    println!("  line {}: {}: {}", row.row, error.field, error.message);
+                }
+            }
+            if report.failed > 0 {
+                anyhow::bail!("{} rows of {} are bad", report.failed, file.display());
+            }
+            Ok(())
+        }
+        PartiesCommand::Export { output } => {
+            let csv =
+                transfer::export_csv(&parties, company, &viewer, &PartyQuery::default()).await?;
+            match output {
+                Some(path) => std::fs::write(&path, csv)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => std::io::stdout().write_all(csv.as_bytes())?,
+            }
+            Ok(())
+        }
+    }
 }
 
 async fn audit_command(db: &Database, command: AuditCommand) -> anyhow::Result<()> {

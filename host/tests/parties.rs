@@ -422,3 +422,76 @@ on_both_backends! {
         assert_eq!(text.lines().count(), 3);
     }
 }
+
+on_both_backends! {
+    async fn xlsx_imports_like_csv(app: TestApp) {
+        let workbook = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/parties.xlsx"))
+            .expect("the fixture");
+        let reply = app.request(Method::POST, "/api/v1/parties/import",
+            &[("content-type", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")],
+            Some(workbook)).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        assert_eq!(reply.body["created"], 1);
+        assert_eq!(reply.body["errors"][0]["row"], 3);
+        let list = app.get("/api/v1/parties?q=umbrella").await;
+        let party = &list.body["parties"][0];
+        assert_eq!(party["payment_terms_days"], 30);
+        assert_eq!(party["credit_limit"], "5000.50");
+        let garbage = app.request(Method::POST, "/api/v1/parties/import",
+            &[("content-type", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")],
+            Some(b"not a workbook".to_vec())).await;
+        garbage.assert_problem(422, &["file"]);
+    }
+
+    async fn a_person_is_exported_and_anonymized_while_the_books_stay_balanced(app: TestApp) {
+        let org = create(&app, json!({"kind": "organization", "name": "Employer Co"})).await;
+        let person = create(&app, json!({"kind": "person", "name": "Erin Example",
+            "emails": ["erin@example.org"], "phones": ["+1 415 555 0100"], "roles": ["customer"],
+            "addresses": [{"purpose": "home", "lines": ["1 Main St"], "city": "Springfield", "country": "US"}],
+            "relationships": [{"kind": "contact_of", "party": org["id"], "title": "Buyer"}]})).await;
+        let id = person["id"].as_i64().expect("present");
+        let mut sale = simple_entry("2025-04-01", "1100", "4000", "80.00");
+        sale["lines"][0]["party"] = json!(id);
+        assert_eq!(app.post("/api/v1/ledger/entries", sale).await.status, 201);
+
+        let data = app.get(&format!("/api/v1/parties/{id}/personal-data")).await;
+        assert_eq!(data.status, 200, "{}", data.text);
+        assert_eq!(data.body["party"]["emails"], json!(["erin@example.org"]));
+        assert_eq!(data.body["ledger_lines"][0]["amount"], "80.00");
+        assert_eq!(data.body["ledger_lines"][0]["account"], "1100");
+        assert_eq!(data.body["audit"][0]["action"], "parties:create");
+
+        let (_, rep) = app.user_with_role("rep", "sales-rep").await;
+        let denied = as_user(&app, &rep, Method::GET, &format!("/api/v1/parties/{id}/personal-data"), None).await;
+        assert_eq!(denied.status, 403);
+        let org_refused = app.post(&format!("/api/v1/parties/{}/anonymize", org["id"]), json!({})).await;
+        org_refused.assert_problem(422, &["kind"]);
+
+        let erased = app.post(&format!("/api/v1/parties/{id}/anonymize"), json!({})).await;
+        assert_eq!(erased.status, 200, "{}", erased.text);
+        assert_eq!(erased.body["name"], format!("Anonymized person {id}"));
+        assert_eq!(erased.body["emails"], json!([]));
+        assert_eq!(erased.body["addresses"], json!([]));
+        assert_eq!(erased.body["status"], "archived");
+        assert!(erased.body["anonymized_at"].is_string());
+        assert!(erased.body["relationships"][0].get("title").is_none());
+        assert!(names(&app.get("/api/v1/parties?q=erin").await).is_empty(), "no longer found");
+        assert!(names(&app.get("/api/v1/parties?q=555").await).is_empty());
+
+        let balance = app.get(&format!("/api/v1/parties/{id}/balance")).await;
+        assert_eq!(balance.body["receivable"], "80.00", "ledger history stays");
+        let trial = app.get("/api/v1/ledger/trial-balance?as_of=2025-12-31").await;
+        assert_eq!(trial.body["total_debit"], "80.00", "{}", trial.text);
+        assert_eq!(trial.body["balanced"], true);
+
+        let again = app.post(&format!("/api/v1/parties/{id}/anonymize"), json!({})).await;
+        assert_eq!(again.status, 409);
+        let refill = app.patch(&format!("/api/v1/parties/{id}"), json!({"emails": ["erin@example.org"]})).await;
+        assert_eq!(refill.status, 409);
+        let owner_change = app.patch(&format!("/api/v1/parties/{id}"), json!({"status": "active"})).await;
+        assert_eq!(owner_change.status, 200, "{}", owner_change.text);
+        let audit = app.get(&format!("/api/v1/audit?action=parties:anonymize&object_id={id}")).await;
+        let record = &audit.body["records"][0];
+        assert!(!record["change"].as_str().expect("present").contains("erin"), "the record holds no erased value");
+    }
+}

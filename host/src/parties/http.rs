@@ -10,8 +10,12 @@ use utoipa_axum::routes;
 
 use super::fields::{FieldChanges, FieldDefinition, NewFieldDefinition};
 use super::model::{NewParty, PartyChanges, PartyView, parse_date_param};
+use super::privacy::PersonalData;
 use super::search::{PartyPage, PartyQuery};
-use super::transfer::{ImportOptions, ImportReport};
+use super::transfer::{ImportOptions, ImportReport, xlsx_to_csv};
+
+/// The content type of an XLSX upload.
+const XLSX_CONTENT_TYPE: &str = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
 use super::{DuplicateCandidate, MergeInput, MergeResult, PartyBalance, Viewer};
 use crate::api::auth::{Authorized, need};
 use crate::api::extract::{Body, IdempotencyKey, Params, request_key};
@@ -29,6 +33,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(merge_party))
         .routes(routes!(party_duplicates))
         .routes(routes!(party_balance))
+        .routes(routes!(personal_data))
+        .routes(routes!(anonymize_party))
 }
 
 async fn viewer_of<P>(state: &AppState, auth: &Authorized<P>) -> Result<Viewer> {
@@ -220,16 +226,27 @@ async fn party_balance(
 /// `all_or_nothing` writes nothing when a row is bad; otherwise the good rows are written and the
 /// bad ones reported by line number.
 #[utoipa::path(post, path = "/import", tag = "parties", params(ImportOptions),
-    request_body(content = String, content_type = "text/csv"),
+    request_body(content = String, description = "CSV text (text/csv), or an XLSX workbook (application/vnd.openxmlformats-officedocument.spreadsheetml.sheet) whose first sheet has the same columns"),
     responses((status = 200, body = ImportReport), (status = 422, body = Problem)))]
 async fn import_parties(
     State(state): State<AppState>,
     auth: Authorized<need::PartiesImport>,
     Params(options): Params<ImportOptions>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<ImportReport>> {
-    let text = std::str::from_utf8(&body)
-        .map_err(|_| Error::invalid("file", "is not UTF-8 text; save the CSV as UTF-8"))?;
+    let is_xlsx = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with(XLSX_CONTENT_TYPE));
+    let converted;
+    let text = if is_xlsx {
+        converted = xlsx_to_csv(&body)?;
+        converted.as_str()
+    } else {
+        std::str::from_utf8(&body)
+            .map_err(|_| Error::invalid("file", "is not UTF-8 text; save the CSV as UTF-8"))?
+    };
     let viewer = viewer_of(&state, &auth).await?;
     Ok(Json(
         state
@@ -313,6 +330,44 @@ async fn delete_field(
     Ok(state
         .parties
         .delete_field(&auth.company, &name, key.as_ref(), &auth.origin)
+        .await?
+        .into_response())
+}
+
+/// Everything Keel holds about a party: its record, who refers to it, its ledger lines and the
+/// audit records about it (for a data subject's access request).
+#[utoipa::path(get, path = "/{id}/personal-data", tag = "parties", params(("id" = i64, Path)),
+    responses((status = 200, body = PersonalData), (status = 404, body = Problem)))]
+async fn personal_data(
+    State(state): State<AppState>,
+    auth: Authorized<need::PartiesErase>,
+    Path(id): Path<i64>,
+) -> Result<Json<PersonalData>> {
+    let viewer = viewer_of(&state, &auth).await?;
+    Ok(Json(
+        state
+            .parties
+            .personal_data(&auth.company, &viewer, id)
+            .await?,
+    ))
+}
+
+/// Erase a person's personal data. The party keeps its id, roles and ledger lines, so the
+/// books stay intact and balanced; it is archived.
+#[utoipa::path(post, path = "/{id}/anonymize", tag = "parties", params(("id" = i64, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the write exactly-once")),
+    responses((status = 200, body = PartyView), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+async fn anonymize_party(
+    State(state): State<AppState>,
+    auth: Authorized<need::PartiesErase>,
+    Path(id): Path<i64>,
+    key: IdempotencyKey,
+) -> Result<Response> {
+    let viewer = viewer_of(&state, &auth).await?;
+    let key = request_key(&auth, key, &format!("POST /parties/{id}/anonymize"), &());
+    Ok(state
+        .parties
+        .anonymize(&auth.company, &viewer, id, key.as_ref(), &auth.origin)
         .await?
         .into_response())
 }

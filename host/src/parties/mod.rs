@@ -8,6 +8,7 @@ pub mod countries;
 pub mod fields;
 pub mod http;
 pub mod model;
+pub mod privacy;
 pub mod search;
 pub mod store;
 pub mod transfer;
@@ -514,9 +515,9 @@ pub async fn update_in(
             current.merged_into.unwrap_or_default()
         )));
     }
-    if current.stamps.anonymized_at.is_some() {
+    if current.stamps.anonymized_at.is_some() && changes.adds_personal_data() {
         return Err(Error::Conflict(format!(
-            "party {id} was anonymized; its personal data cannot be set again"
+            "party {id} was anonymized; only its owner, status and roles can change"
         )));
     }
     let input = current.data.to_input(company.base_currency).apply(changes);

@@ -445,6 +445,22 @@ pub struct Stamps {
     pub anonymized_at: Option<DateTime<Utc>>,
 }
 
+impl PartyChanges {
+    /// Whether the changes set anything that is personal data (refused once anonymized).
+    pub fn adds_personal_data(&self) -> bool {
+        self.name.is_some()
+            || self.legal_name.is_some()
+            || self.emails.is_some()
+            || self.phones.is_some()
+            || self.addresses.is_some()
+            || self.tax_ids.is_some()
+            || self.external_ids.is_some()
+            || self.tags.is_some()
+            || self.custom_fields.is_some()
+            || self.relationships.is_some()
+    }
+}
+
 impl NewParty {
     /// Applies `changes` on top of this input.
     pub fn apply(mut self, changes: &PartyChanges) -> Self {

@@ -153,6 +153,48 @@ pub async fn export_csv(
     Ok(String::from_utf8(bytes).map_err(anyhow::Error::from)?)
 }
 
+/// Rows of an XLSX file's first sheet as CSV text, for the CSV importer: numbers without a
+/// spurious `.0`, dates as `YYYY-MM-DD`, booleans as `true`/`false`.
+pub fn xlsx_to_csv(bytes: &[u8]) -> Result<String> {
+    use calamine::{Data, Reader as _, Xlsx};
+    let invalid = |message: String| Error::invalid("file", message);
+    let mut workbook: Xlsx<_> = calamine::open_workbook_from_rs(std::io::Cursor::new(bytes))
+        .map_err(|e| invalid(format!("is not a readable XLSX workbook: {e}")))?;
+    let range = workbook
+        .worksheet_range_at(0)
+        .ok_or_else(|| invalid("the workbook has no sheet".to_owned()))?
+        .map_err(|e| invalid(format!("its first sheet cannot be read: {e}")))?;
+    let epoch = chrono::NaiveDate::from_ymd_opt(1899, 12, 30).expect("a valid date");
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    for row in range.rows() {
+        let cells: Vec<String> = row
+            .iter()
+            .map(|cell| match cell {
+                Data::Empty => String::new(),
+                Data::String(text) | Data::DateTimeIso(text) | Data::DurationIso(text) => {
+                    text.clone()
+                }
+                Data::Int(n) => n.to_string(),
+                Data::Float(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{f:.0}"),
+                Data::Float(f) => f.to_string(),
+                Data::Bool(b) => b.to_string(),
+                Data::DateTime(serial) => {
+                    // Spreadsheet dates count days from 1899-12-30.
+                    let days = serial.as_f64().floor() as i64;
+                    epoch
+                        .checked_add_signed(chrono::Duration::days(days))
+                        .map(|d| d.to_string())
+                        .unwrap_or_default()
+                }
+                Data::Error(error) => format!("#{error}"),
+            })
+            .collect();
+        writer.write_record(&cells).map_err(anyhow::Error::from)?;
+    }
+    let bytes = writer.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(String::from_utf8(bytes).map_err(anyhow::Error::from)?)
+}
+
 /// How an import runs.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
