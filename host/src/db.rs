@@ -357,6 +357,11 @@ impl PackedRow {
             .with_context(|| format!("packed row has no column {index}"))
     }
 
+    /// A column as the database packed it.
+    pub fn value(&self, index: usize) -> anyhow::Result<&serde_json::Value> {
+        self.column(index)
+    }
+
     pub fn int(&self, index: usize) -> anyhow::Result<i64> {
         self.opt_int(index)?
             .with_context(|| format!("column {index} is null"))

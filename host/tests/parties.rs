@@ -218,6 +218,17 @@ on_both_backends! {
         assert_eq!(names(&second), ["Müller & Söhne", "Zephyr Widgets GmbH"]);
         assert!(second.body.get("next").is_none());
 
+        // Searches page in creation order.
+        for name in ["Widget Works", "Alpha Widgets", "Widgetry Ltd"] {
+            create(&app, json!({"kind": "organization", "name": name})).await;
+        }
+        let first = app.get("/api/v1/parties?q=widget&limit=2").await;
+        assert_eq!(names(&first), ["Zephyr Widgets GmbH", "Widget Works"]);
+        let next = first.body["next"].as_str().expect("a next page");
+        let second = app.get(&format!("/api/v1/parties?q=widget&limit=2&cursor={next}")).await;
+        assert_eq!(names(&second), ["Alpha Widgets", "Widgetry Ltd"]);
+        assert!(second.body.get("next").is_none());
+
         app.get("/api/v1/parties?limit=0").await.assert_problem(422, &["limit"]);
         app.get("/api/v1/parties?cursor=garbage").await.assert_problem(422, &["cursor"]);
         assert_eq!(app.get("/api/v1/parties?status=sleeping").await.status, 400);
@@ -409,6 +420,18 @@ on_both_backends! {
         assert_eq!(again.body["updated"], 2);
         assert_eq!(names(&app.get("/api/v1/parties").await).len(), 2, "re-importing changes nothing twice");
 
+        let twice = "external_id,name,emails\n\
+                     D-1,Delta Corp,ops@delta.example\n\
+                     D-2,Delta Two,OPS@delta.example\n\
+                     D-1,Delta Again,other@delta.example\n";
+        let report = app.request(Method::POST, "/api/v1/parties/import",
+            &[("content-type", "text/csv")], Some(twice.as_bytes().to_vec())).await;
+        assert_eq!(report.body["created"], 1, "{}", report.text);
+        assert_eq!(report.body["errors"][0]["row"], 3);
+        assert_eq!(report.body["errors"][0]["errors"][0]["field"], "emails");
+        assert_eq!(report.body["errors"][1]["row"], 4);
+        assert_eq!(report.body["errors"][1]["errors"][0]["field"], "external_id");
+
         let unknown = app.request(Method::POST, "/api/v1/parties/import",
             &[("content-type", "text/csv")], Some(b"name,colour\nA,red\n".to_vec())).await;
         unknown.assert_problem(422, &["file"]);
@@ -419,7 +442,7 @@ on_both_backends! {
         assert!(text.starts_with("id,external_system,external_id,kind,name"), "{text}");
         assert!(text.contains("import,C-1,organization,Zephyr Widgets GmbH"), "{text}");
         assert!(text.lines().next().expect("present").ends_with("field.tier"));
-        assert_eq!(text.lines().count(), 3);
+        assert_eq!(text.lines().count(), 4);
     }
 }
 

@@ -454,6 +454,16 @@ async fn check_references(
     }
 }
 
+/// Who owns a new party when the input names nobody: the creating user (a user whose
+/// permission reaches only their own or their team's parties must own what they create).
+pub fn default_owner(viewer: &Viewer, origin: &Origin) -> Option<i64> {
+    if viewer.scope == Scope::All {
+        origin.actor.user_id
+    } else {
+        Some(viewer.user_id)
+    }
+}
+
 /// Creates a party in `tx`: validated, checked for duplicates unless allowed, audited.
 pub async fn create_in(
     tx: &mut Tx,
@@ -463,12 +473,7 @@ pub async fn create_in(
     origin: &Origin,
 ) -> Result<PartyView> {
     let mut new = new.clone();
-    if new.owner.is_none() && viewer.scope != Scope::All {
-        new.owner = Some(viewer.user_id);
-    }
-    if new.owner.is_none() {
-        new.owner = origin.actor.user_id;
-    }
+    new.owner = new.owner.or(default_owner(viewer, origin));
     let data = new.validate(company.base_currency)?;
     let custom = check_references(tx, company, viewer, &data, None).await?;
     if !new.allow_duplicate {
@@ -484,7 +489,7 @@ pub async fn create_in(
         }
     }
     let now = crate::ledger::posting::now_micros();
-    let id = store::insert(tx, company, &data, &custom, now).await?;
+    let id = store::insert_many(tx, company, &[(&data, &custom)], now).await?[0];
     let view = store::get(tx, company, id).await?.view(company);
     let event = Event::new(
         Some(company.id),
@@ -613,7 +618,16 @@ pub async fn find_duplicates(
         "p.id IN {} AND p.merged_into_id IS NULL",
         tx.backend().placeholders(2, ids.len())
     );
-    let parties = store::select(tx, company, &condition, &ids, candidates.len()).await?;
+    let parties = store::select(
+        tx,
+        company,
+        store::Source::Parties,
+        &condition,
+        &ids,
+        store::Order::Id,
+        candidates.len(),
+    )
+    .await?;
     candidates.retain_mut(
         |candidate| match parties.iter().find(|p| p.id == candidate.id) {
             Some(party) => {

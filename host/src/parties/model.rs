@@ -1004,6 +1004,17 @@ pub fn name_similarity(a: &str, b: &str) -> f64 {
         let padded: Vec<char> = format!("  {text} ").chars().collect();
         padded.windows(3).map(|w| [w[0], w[1], w[2]]).collect()
     }
+    // "Store 12" and "Store 13" are different branches, however alike their letters.
+    let numbers = |text: &str| -> Vec<String> {
+        text.split(|c: char| !c.is_ascii_digit())
+            .filter(|run| !run.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let (numbers_a, numbers_b) = (numbers(a), numbers(b));
+    if !numbers_a.is_empty() && !numbers_b.is_empty() && numbers_a != numbers_b {
+        return 0.0;
+    }
     let (a, b) = (trigrams(a), trigrams(b));
     if a.is_empty() || b.is_empty() {
         return 0.0;
@@ -1092,6 +1103,11 @@ mod tests {
         let other = name_similarity(&name_key("Zephyr Widgets"), &name_key("Acme Tools"));
         assert!(same > 0.6, "{same}");
         assert!(other < 0.2, "{other}");
+        let branches = name_similarity(
+            &name_key("Blue River Store 12"),
+            &name_key("Blue River Store 13"),
+        );
+        assert!(branches < f64::EPSILON, "{branches}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::Viewer;
 use super::fields;
 use super::model::{PartyKind, PartyRole, PartyStatus, PartyView, sort_key};
-use super::store::{self, fold};
+use super::store::{self, Order, Source, fold};
 use crate::company::Company;
 use crate::db::{Backend, Param, Tx};
 use crate::error::{Error, Result};
@@ -60,6 +60,9 @@ pub struct PartyPage {
 struct Conditions {
     sql: Vec<String>,
     params: Vec<Param>,
+    /// Where the parties come from: on SQLite a text search reads the FTS5 index, whose
+    /// query is the first parameter (`$2`).
+    source: Source,
 }
 
 impl Conditions {
@@ -67,6 +70,16 @@ impl Conditions {
         Self {
             sql: Vec::new(),
             params: Vec::new(),
+            source: Source::Parties,
+        }
+    }
+
+    /// Conditions that start from the FTS5 matches of `query` (SQLite).
+    fn searching(query: String) -> Self {
+        Self {
+            sql: Vec::new(),
+            params: vec![Param::Text(Some(query))],
+            source: Source::SearchIndex,
         }
     }
 
@@ -98,29 +111,23 @@ fn like_escape(text: &str) -> String {
         .replace('_', "\\_")
 }
 
-/// The condition that the party's search text holds `word` (three characters or more).
-fn fragment_condition(backend: Backend, conditions: &mut Conditions, words: &[String]) {
-    match backend {
-        Backend::Sqlite => {
-            // One FTS5 query: each word a quoted phrase, all required.
-            let query = words
-                .iter()
-                .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
-                .collect::<Vec<_>>()
-                .join(" AND ");
-            let p = conditions.param(Param::Text(Some(query)));
-            conditions.sql.push(format!(
-                "p.id IN (SELECT rowid FROM party_search WHERE party_search MATCH {p})"
-            ));
-        }
-        Backend::Postgres => {
-            for word in words {
-                let p = conditions.param(Param::Text(Some(format!("%{}%", like_escape(word)))));
-                conditions
-                    .sql
-                    .push(format!("p.search_text LIKE {p} ESCAPE '\\'"));
-            }
-        }
+/// The FTS5 query for words of three characters or more: each a quoted phrase, all required.
+fn fts_query(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// PostgreSQL: the search text holds every word (three characters or more), found through the
+/// trigram index.
+fn like_conditions(conditions: &mut Conditions, words: &[String]) {
+    for word in words {
+        let p = conditions.param(Param::Text(Some(format!("%{}%", like_escape(word)))));
+        conditions
+            .sql
+            .push(format!("p.search_text LIKE {p} ESCAPE '\\'"));
     }
 }
 
@@ -133,31 +140,39 @@ fn prefix_condition(conditions: &mut Conditions, prefix: &str) {
         .push(format!("p.sort_name >= {low} AND p.sort_name < {high}"));
 }
 
-/// Adds the conditions of a text search.
-fn text_conditions(backend: Backend, conditions: &mut Conditions, q: &str) -> Result<()> {
+/// The conditions a text search starts from: name prefixes for short words, the full-text
+/// index for fragments.
+fn text_conditions(backend: Backend, q: &str) -> Result<Conditions> {
     let words: Vec<String> = fold(q)
         .split_whitespace()
         .take(SEARCH_WORDS_MAX)
         .map(str::to_owned)
         .collect();
-    if words.is_empty() {
-        return Ok(());
-    }
     let fragments: Vec<String> = words
         .iter()
         .filter(|w| w.chars().count() >= FRAGMENT_CHARS_MIN)
         .cloned()
         .collect();
+    if words.is_empty() {
+        return Ok(Conditions::new());
+    }
     if fragments.is_empty() {
         let prefix = sort_key(q);
         if prefix.is_empty() {
             return Err(Error::invalid("q", "search for letters or digits"));
         }
-        prefix_condition(conditions, &prefix);
-    } else {
-        fragment_condition(backend, conditions, &fragments);
+        let mut conditions = Conditions::new();
+        prefix_condition(&mut conditions, &prefix);
+        return Ok(conditions);
     }
-    Ok(())
+    Ok(match backend {
+        Backend::Sqlite => Conditions::searching(fts_query(&fragments)),
+        Backend::Postgres => {
+            let mut conditions = Conditions::new();
+            like_conditions(&mut conditions, &fragments);
+            conditions
+        }
+    })
 }
 
 fn key_condition(conditions: &mut Conditions, kind: &str, value: &str) {
@@ -175,7 +190,10 @@ async fn conditions_of(
     viewer: &Viewer,
     query: &PartyQuery,
 ) -> Result<Conditions> {
-    let mut conditions = Conditions::new();
+    let mut conditions = match &query.q {
+        Some(q) => text_conditions(tx.backend(), q)?,
+        None => Conditions::new(),
+    };
     match query.status {
         Some(status) => {
             let p = conditions.param(Param::Text(Some(status.as_str().to_owned())));
@@ -230,9 +248,6 @@ async fn conditions_of(
             "p.id IN (SELECT party_id FROM party_relationships WHERE related_party_id = {p})"
         ));
     }
-    if let Some(q) = &query.q {
-        text_conditions(tx.backend(), &mut conditions, q)?;
-    }
     Ok(conditions)
 }
 
@@ -245,19 +260,43 @@ pub async fn page(
     limit: usize,
 ) -> Result<PartyPage> {
     let mut conditions = conditions_of(tx, company, viewer, query).await?;
+    // Searches come in id order, which the full-text index gives without sorting every match;
+    // lists come in name order.
+    let order = if query.q.is_some() {
+        Order::Id
+    } else {
+        Order::Name
+    };
     if let Some(cursor) = &query.cursor {
         let (name, id) = decode_cursor(cursor)?;
-        let n = conditions.param(Param::Text(Some(name)));
-        let i = conditions.param(Param::Int(Some(id)));
-        conditions.sql.push(format!(
-            "(p.sort_name > {n} OR (p.sort_name = {n} AND p.id > {i}))"
-        ));
+        match (order, conditions.source) {
+            (Order::Name, _) => {
+                let n = conditions.param(Param::Text(Some(name)));
+                let i = conditions.param(Param::Int(Some(id)));
+                conditions.sql.push(format!(
+                    "(p.sort_name > {n} OR (p.sort_name = {n} AND p.id > {i}))"
+                ));
+            }
+            (Order::Id, Source::SearchIndex) => {
+                let i = conditions.param(Param::Int(Some(id)));
+                conditions.sql.push(format!("s.rowid > {i}"));
+            }
+            (Order::Id, Source::Parties) => {
+                let i = conditions.param(Param::Int(Some(id)));
+                conditions.sql.push(format!("p.id > {i}"));
+            }
+        }
+    }
+    if conditions.sql.is_empty() {
+        conditions.sql.push("TRUE".to_owned());
     }
     let mut parties = store::select(
         tx,
         company,
+        conditions.source,
         &conditions.sql.join(" AND "),
         &conditions.params,
+        order,
         limit + 1,
     )
     .await?;
@@ -272,22 +311,40 @@ pub async fn page(
     })
 }
 
-/// Parties whose search text holds `word`, for duplicate detection: (id, name).
+/// Up to `limit` parties whose search text holds `word`, for duplicate detection: (id, name).
 pub async fn name_candidates(
     tx: &mut Tx,
     company: &Company,
     word: &str,
     limit: usize,
 ) -> Result<Vec<(i64, String)>> {
-    let mut conditions = Conditions::new();
-    conditions.sql.push("p.merged_into_id IS NULL".to_owned());
-    fragment_condition(tx.backend(), &mut conditions, &[fold(word)]);
-    let sql = tx.backend().numbered(&format!(
-        "SELECT p.id AS id, p.display_name AS display_name FROM parties p WHERE p.company_id = $1 AND {} LIMIT {limit}",
-        conditions.sql.join(" AND ")
-    ));
-    let mut params = vec![Param::Int(Some(company.id))];
-    params.extend(conditions.params);
+    let words = [fold(word)];
+    let (sql, params) = match tx.backend() {
+        Backend::Sqlite => (
+            format!(
+                "SELECT p.id AS id, p.display_name AS display_name FROM party_search s JOIN parties p ON p.id = s.rowid \
+                 WHERE party_search MATCH ? AND p.company_id = ? AND p.merged_into_id IS NULL LIMIT {limit}"
+            ),
+            vec![
+                Param::Text(Some(fts_query(&words))),
+                Param::Int(Some(company.id)),
+            ],
+        ),
+        Backend::Postgres => {
+            let mut conditions = Conditions::new();
+            like_conditions(&mut conditions, &words);
+            let mut params = vec![Param::Int(Some(company.id))];
+            params.extend(conditions.params);
+            (
+                format!(
+                    "SELECT p.id AS id, p.display_name AS display_name FROM parties p \
+                     WHERE p.company_id = $1 AND p.merged_into_id IS NULL AND {} LIMIT {limit}",
+                    conditions.sql.join(" AND ")
+                ),
+                params,
+            )
+        }
+    };
     let rows = tx
         .fetch_packed(&sql, &["id", "display_name"], &params)
         .await?;

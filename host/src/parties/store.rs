@@ -1,7 +1,5 @@
 //! Reading and writing party rows, their keys, relationships and search text.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 
 use super::fields::{self, CheckedValues};
@@ -11,7 +9,7 @@ use super::model::{
 };
 use crate::company::Company;
 use crate::currency;
-use crate::db::{Backend, PackedRow, Param, Tx};
+use crate::db::{Backend, PackedRow, Param, Tx, statement_chunks};
 use crate::error::{Error, Result};
 use crate::on_conn;
 
@@ -39,6 +37,7 @@ pub const COLUMNS: &[&str] = &[
     "updated_at",
     "anonymized_at",
     "sort_name",
+    "relationships",
 ];
 
 /// A party as stored: its data, stamps and where it was merged.
@@ -77,6 +76,28 @@ fn json<T: serde::de::DeserializeOwned>(row: &PackedRow, index: usize) -> anyhow
     Ok(serde_json::from_str(&row.text(index)?)?)
 }
 
+/// Relationships packed as `[[kind, party, title], …]`.
+/// SQLite may hand the aggregate over as JSON or as its text.
+fn relationships_from(packed: &serde_json::Value) -> anyhow::Result<Vec<Relationship>> {
+    let rows: Vec<(String, i64, Option<String>)> = match packed {
+        serde_json::Value::String(text) => serde_json::from_str(text)?,
+        other => serde_json::from_value(other.clone())?,
+    };
+    let mut relationships = rows
+        .into_iter()
+        .map(|(kind, party, title)| {
+            Ok(Relationship {
+                kind: RelationshipKind::parse(&kind)
+                    .ok_or_else(|| anyhow::anyhow!("relationship kind {kind}"))?,
+                party,
+                title,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    relationships.sort();
+    Ok(relationships)
+}
+
 fn from_packed(row: &PackedRow) -> anyhow::Result<StoredParty> {
     let kind = row.text(1)?;
     let status = row.text(4)?;
@@ -106,7 +127,7 @@ fn from_packed(row: &PackedRow) -> anyhow::Result<StoredParty> {
             tax_ids: json(row, 15)?,
             external_ids: json(row, 16)?,
             custom_fields: json(row, 17)?,
-            relationships: Vec::new(),
+            relationships: relationships_from(row.value(22)?)?,
         },
         merged_into: row.opt_int(5)?,
         stamps: Stamps {
@@ -118,20 +139,62 @@ fn from_packed(row: &PackedRow) -> anyhow::Result<StoredParty> {
     })
 }
 
+/// The order of a list of parties.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// By sort name, then id: lists.
+    Name,
+    /// By id: searches, which the full-text index answers in id order without sorting.
+    Id,
+}
+
+/// Where a read of parties finds them: the table, or full-text matches joined to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Parties,
+    /// SQLite: matches of the FTS5 query bound as `$2`, in id order.
+    SearchIndex,
+}
+
 /// Reads parties by a `WHERE` clause over `parties p` (with `$1` the company id), relationships
-/// included, in list order (sort name, then id).
+/// included, in `order`.
 pub async fn select(
     tx: &mut Tx,
     company: &Company,
+    source: Source,
     condition: &str,
     params: &[Param],
+    order: Order,
     limit: usize,
 ) -> Result<Vec<StoredParty>> {
-    let columns: Vec<String> = COLUMNS.iter().map(|c| format!("p.{c}")).collect();
+    let backend = tx.backend();
+    let mut columns: Vec<String> = COLUMNS[..COLUMNS.len() - 1]
+        .iter()
+        .map(|c| format!("p.{c}"))
+        .collect();
+    // Relationships ride along as one JSON column: one query per page, not two.
+    columns.push(match backend {
+        Backend::Sqlite => "(SELECT json_group_array(json_array(r.kind, r.related_party_id, r.title)) \
+             FROM party_relationships r WHERE r.party_id = p.id) AS relationships"
+            .to_owned(),
+        Backend::Postgres => "(SELECT COALESCE(json_agg(json_build_array(r.kind, r.related_party_id, r.title)), '[]')::text \
+             FROM party_relationships r WHERE r.party_id = p.id) AS relationships"
+            .to_owned(),
+    });
     let mut all = vec![Param::Int(Some(company.id))];
     all.extend_from_slice(params);
-    let sql = tx.backend().numbered(&format!(
-        "SELECT {} FROM parties p WHERE p.company_id = $1 AND {condition} ORDER BY p.sort_name, p.id LIMIT {limit}",
+    let (from, order_by) = match (source, order) {
+        (Source::SearchIndex, _) => ("party_search s JOIN parties p ON p.id = s.rowid", "s.rowid"),
+        (Source::Parties, Order::Id) => ("parties p", "p.id"),
+        (Source::Parties, Order::Name) => ("parties p", "p.sort_name, p.id"),
+    };
+    let search = if source == Source::SearchIndex {
+        "party_search MATCH $2 AND "
+    } else {
+        ""
+    };
+    let sql = backend.numbered(&format!(
+        "SELECT {} FROM {from} WHERE {search}p.company_id = $1 AND {condition} ORDER BY {order_by} LIMIT {limit}",
         columns.join(", ")
     ));
     let mut parties = tx
@@ -140,51 +203,27 @@ pub async fn select(
         .iter()
         .map(from_packed)
         .collect::<anyhow::Result<Vec<_>>>()?;
-    parties.sort_by(|a, b| (&a.sort_name, a.id).cmp(&(&b.sort_name, b.id)));
-    attach_relationships(tx, &mut parties).await?;
+    match order {
+        Order::Name => parties.sort_by(|a, b| (&a.sort_name, a.id).cmp(&(&b.sort_name, b.id))),
+        Order::Id => parties.sort_by_key(|p| p.id),
+    }
     Ok(parties)
-}
-
-async fn attach_relationships(tx: &mut Tx, parties: &mut [StoredParty]) -> Result<()> {
-    if parties.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<Param> = parties.iter().map(|p| Param::Int(Some(p.id))).collect();
-    let sql = format!(
-        "SELECT party_id, kind, related_party_id, title FROM party_relationships WHERE party_id IN {}",
-        tx.backend().placeholders(1, ids.len())
-    );
-    let rows = tx
-        .fetch_packed(
-            &sql,
-            &["party_id", "kind", "related_party_id", "title"],
-            &ids,
-        )
-        .await?;
-    let mut by_party: HashMap<i64, Vec<Relationship>> = HashMap::new();
-    for row in rows {
-        let kind = row.text(1)?;
-        by_party.entry(row.int(0)?).or_default().push(Relationship {
-            kind: RelationshipKind::parse(&kind)
-                .ok_or_else(|| anyhow::anyhow!("relationship kind {kind}"))?,
-            party: row.int(2)?,
-            title: row.opt_text(3)?,
-        });
-    }
-    for party in parties {
-        let mut relationships = by_party.remove(&party.id).unwrap_or_default();
-        relationships.sort();
-        party.data.relationships = relationships;
-    }
-    Ok(())
 }
 
 /// One party, merged or not.
 pub async fn get(tx: &mut Tx, company: &Company, id: i64) -> Result<StoredParty> {
-    select(tx, company, "p.id = $2", &[Param::Int(Some(id))], 1)
-        .await?
-        .pop()
-        .ok_or_else(|| Error::NotFound(format!("party {id} not found")))
+    select(
+        tx,
+        company,
+        Source::Parties,
+        "p.id = $2",
+        &[Param::Int(Some(id))],
+        Order::Id,
+        1,
+    )
+    .await?
+    .pop()
+    .ok_or_else(|| Error::NotFound(format!("party {id} not found")))
 }
 
 /// The party with this id, taking the row lock a change needs (PostgreSQL).
@@ -246,10 +285,8 @@ fn derive(data: &PartyData, custom: &CheckedValues) -> Derived {
     let mut search: Vec<String> = vec![data.name.clone()];
     search.extend(data.legal_name.clone());
     search.extend(data.emails.iter().cloned());
-    for phone in &data.phones {
-        search.push(phone.clone());
-        search.push(phone.trim_start_matches('+').to_owned());
-    }
+    // "+49301234567": any run of its digits is a fragment of it.
+    search.extend(data.phones.iter().cloned());
     search.extend(data.tax_ids.iter().map(|t| t.value.clone()));
     search.extend(data.external_ids.iter().map(|e| e.id.clone()));
     search.extend(custom.texts.iter().cloned());
@@ -274,48 +311,115 @@ pub fn external_key(system: &str, id: &str) -> String {
     format!("{system}\u{1f}{id}")
 }
 
-/// Inserts a new party; returns its id.
-pub async fn insert(
+/// Party ids for `count` new parties. SQLite: after the largest, under the write lock every
+/// write transaction holds; PostgreSQL: from the identity sequence.
+async fn allocate_ids(tx: &mut Tx, count: usize) -> Result<Vec<i64>> {
+    let count = i64::try_from(count).map_err(anyhow::Error::from)?;
+    let backend = tx.backend();
+    let ids = on_conn!(tx, conn => {
+        use crate::db::Row as _;
+        match backend {
+            Backend::Sqlite => {
+                let max = sqlx::query("SELECT COALESCE(MAX(id), 0) AS max_id FROM parties")
+                    .fetch_one(&mut *conn)
+                    .await?
+                    .int("max_id")?;
+                (max + 1..=max + count).collect::<Vec<i64>>()
+            }
+            Backend::Postgres => sqlx::query(
+                "SELECT nextval(pg_get_serial_sequence('parties', 'id')) AS id FROM generate_series(1, $1)",
+            )
+            .bind(count)
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|row| row.int("id"))
+            .collect::<anyhow::Result<Vec<i64>>>()?,
+        }
+    });
+    Ok(ids)
+}
+
+/// Inserts new parties in a few multi-row statements; returns their ids, in order.
+pub async fn insert_many(
     tx: &mut Tx,
     company: &Company,
-    data: &PartyData,
-    custom: &CheckedValues,
+    parties: &[(&PartyData, &CheckedValues)],
     now: DateTime<Utc>,
-) -> Result<i64> {
-    let derived = derive(data, custom);
-    let id: i64 = on_conn!(tx, conn => {
-        use crate::db::Row as _;
-        sqlx::query(
-            "INSERT INTO parties (company_id, display_name, created_at, kind, legal_name, status, owner_user_id, \
+) -> Result<Vec<i64>> {
+    if parties.is_empty() {
+        return Ok(Vec::new());
+    }
+    let backend = tx.backend();
+    let ids = allocate_ids(tx, parties.len()).await?;
+    let derived: Vec<Derived> = parties
+        .iter()
+        .map(|(data, custom)| derive(data, custom))
+        .collect();
+    let rows: Vec<(i64, &PartyData, &CheckedValues, &Derived)> = ids
+        .iter()
+        .zip(parties)
+        .zip(&derived)
+        .map(|((id, (data, custom)), derived)| (*id, *data, *custom, derived))
+        .collect();
+    // PostgreSQL keeps the search text on the row; SQLite in the FTS5 table.
+    let search_column = match backend {
+        Backend::Sqlite => "",
+        Backend::Postgres => ", search_text",
+    };
+    let columns = if backend == Backend::Postgres { 21 } else { 20 };
+    for chunk in statement_chunks(&rows) {
+        let sql = format!(
+            "INSERT INTO parties (id, company_id, display_name, created_at, kind, legal_name, status, owner_user_id, \
              default_currency, payment_terms_days, credit_limit_minor, roles, tags, addresses, emails, phones, \
-             tax_ids, external_ids, custom_fields, sort_name) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) RETURNING id",
-        )
-        .bind(company.id)
-        .bind(&data.name)
-        .bind(now)
-        .bind(data.kind.as_str())
-        .bind(data.legal_name.as_deref())
-        .bind(data.status.as_str())
-        .bind(data.owner)
-        .bind(data.default_currency.map(|c| c.code))
-        .bind(data.payment_terms_days.map(i64::from))
-        .bind(data.credit_limit_minor)
-        .bind(to_json(&data.roles)?)
-        .bind(to_json(&data.tags)?)
-        .bind(to_json(&data.addresses)?)
-        .bind(to_json(&data.emails)?)
-        .bind(to_json(&data.phones)?)
-        .bind(to_json(&data.tax_ids)?)
-        .bind(to_json(&data.external_ids)?)
-        .bind(to_json(&custom.values)?)
-        .bind(&derived.sort_name)
-        .fetch_one(&mut *conn)
-        .await?
-        .int("id")?
-    });
-    write_derived(tx, company, id, data, &derived).await?;
-    Ok(id)
+             tax_ids, external_ids, custom_fields, sort_name{search_column}) VALUES {}",
+            backend.values_list(chunk.len(), columns)
+        );
+        let mut encoded = Vec::with_capacity(chunk.len());
+        for (_, data, custom, _) in chunk {
+            encoded.push([
+                to_json(&data.roles)?,
+                to_json(&data.tags)?,
+                to_json(&data.addresses)?,
+                to_json(&data.emails)?,
+                to_json(&data.phones)?,
+                to_json(&data.tax_ids)?,
+                to_json(&data.external_ids)?,
+                to_json(&custom.values)?,
+            ]);
+        }
+        on_conn!(tx, conn => {
+            let mut query = sqlx::query(&sql);
+            for ((id, data, _, derived), json) in chunk.iter().zip(&encoded) {
+                query = query
+                    .bind(id)
+                    .bind(company.id)
+                    .bind(&data.name)
+                    .bind(now)
+                    .bind(data.kind.as_str())
+                    .bind(data.legal_name.as_deref())
+                    .bind(data.status.as_str())
+                    .bind(data.owner)
+                    .bind(data.default_currency.map(|c| c.code))
+                    .bind(data.payment_terms_days.map(i64::from))
+                    .bind(data.credit_limit_minor);
+                for text in json {
+                    query = query.bind(text);
+                }
+                query = query.bind(&derived.sort_name);
+                if backend == Backend::Postgres {
+                    query = query.bind(&derived.search_text);
+                }
+            }
+            query.execute(&mut *conn).await?;
+        });
+    }
+    let items: Vec<(i64, &PartyData, &Derived)> = rows
+        .iter()
+        .map(|(id, data, _, derived)| (*id, *data, *derived))
+        .collect();
+    write_derived(tx, company, &items, backend == Backend::Sqlite).await?;
+    Ok(ids)
 }
 
 /// Replaces a party's data.
@@ -359,7 +463,8 @@ pub async fn update(
         .await?;
     });
     clear_derived(tx, id).await?;
-    write_derived(tx, company, id, data, &derived).await
+    let search_table = tx.backend() == Backend::Sqlite;
+    write_derived(tx, company, &[(id, data, &derived)], search_table).await
 }
 
 fn to_json(value: &impl serde::Serialize) -> Result<String> {
@@ -379,96 +484,157 @@ pub async fn clear_derived(tx: &mut Tx, id: i64) -> Result<()> {
     Ok(())
 }
 
+/// Writes parties' keys and relationships, and their search text: into the FTS5 table on
+/// SQLite (`search_table`), onto the row on PostgreSQL unless the insert carried it.
 async fn write_derived(
     tx: &mut Tx,
     company: &Company,
-    id: i64,
-    data: &PartyData,
-    derived: &Derived,
+    items: &[(i64, &PartyData, &Derived)],
+    search_table: bool,
 ) -> Result<()> {
     let backend = tx.backend();
-    if !derived.keys.is_empty() {
+    let keys: Vec<(i64, &String, &String)> = items
+        .iter()
+        .flat_map(|(id, _, derived)| {
+            derived
+                .keys
+                .iter()
+                .map(move |(kind, value)| (*id, kind, value))
+        })
+        .collect();
+    for chunk in statement_chunks(&keys) {
         let sql = format!(
             "INSERT INTO party_keys (company_id, kind, value, party_id) VALUES {}",
-            backend.values_list(derived.keys.len(), 4)
+            backend.values_list(chunk.len(), 4)
         );
         on_conn!(tx, conn => {
             let mut query = sqlx::query(&sql);
-            for (kind, value) in &derived.keys {
-                query = query.bind(company.id).bind(kind).bind(value).bind(id);
+            for (id, kind, value) in chunk {
+                query = query.bind(company.id).bind(*kind).bind(*value).bind(id);
             }
             query.execute(&mut *conn).await?;
         });
     }
-    if !data.relationships.is_empty() {
+    let relationships: Vec<(i64, &Relationship)> = items
+        .iter()
+        .flat_map(|(id, data, _)| data.relationships.iter().map(move |r| (*id, r)))
+        .collect();
+    for chunk in statement_chunks(&relationships) {
         let sql = format!(
             "INSERT INTO party_relationships (company_id, party_id, kind, related_party_id, title) VALUES {}",
-            backend.values_list(data.relationships.len(), 5)
+            backend.values_list(chunk.len(), 5)
         );
         on_conn!(tx, conn => {
             let mut query = sqlx::query(&sql);
-            for r in &data.relationships {
+            for (id, r) in chunk {
                 query = query.bind(company.id).bind(id).bind(r.kind.as_str()).bind(r.party).bind(r.title.as_deref());
             }
             query.execute(&mut *conn).await?;
         });
     }
-    on_conn!(tx, conn => {
-        match backend {
-            Backend::Sqlite => {
-                sqlx::query("INSERT INTO party_search (rowid, text) VALUES ($1, $2)")
-                    .bind(id)
-                    .bind(&derived.search_text)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            Backend::Postgres => {
+    if search_table {
+        for chunk in statement_chunks(items) {
+            let sql = format!(
+                "INSERT INTO party_search (rowid, text) VALUES {}",
+                backend.values_list(chunk.len(), 2)
+            );
+            on_conn!(tx, conn => {
+                let mut query = sqlx::query(&sql);
+                for (id, _, derived) in chunk {
+                    query = query.bind(id).bind(&derived.search_text);
+                }
+                query.execute(&mut *conn).await?;
+            });
+        }
+    } else if backend == Backend::Postgres {
+        for (id, _, derived) in items {
+            on_conn!(tx, conn => {
                 sqlx::query("UPDATE parties SET search_text = $1 WHERE id = $2")
                     .bind(&derived.search_text)
                     .bind(id)
                     .execute(&mut *conn)
                     .await?;
-            }
+            });
         }
-    });
+    }
     Ok(())
 }
 
-/// Ids of the company's parties holding any of these keys, excluding `except`, merged ones
-/// left out.
+/// Parties of the company holding any of these keys, as (party id, kind, value), excluding
+/// `except`. Merged parties hold no keys: merging clears them.
 pub async fn holders_of(
     tx: &mut Tx,
     company: &Company,
     keys: &[(String, String)],
     except: Option<i64>,
 ) -> Result<Vec<(i64, String, String)>> {
-    if keys.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut params = vec![Param::Int(Some(company.id)), Param::Int(except)];
-    let mut conditions = Vec::new();
+    let mut by_kind: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
     for (kind, value) in keys {
-        let n = params.len();
-        conditions.push(format!("(k.kind = ${} AND k.value = ${})", n + 1, n + 2));
-        params.push(Param::Text(Some(kind.clone())));
-        params.push(Param::Text(Some(value.clone())));
+        by_kind.entry(kind).or_default().push(value);
     }
-    let sql = format!(
-        "SELECT k.party_id, k.kind, k.value FROM party_keys k JOIN parties p ON p.id = k.party_id \
-         WHERE k.company_id = $1 AND ({}) AND ($2 IS NULL OR k.party_id <> $2) AND p.merged_into_id IS NULL",
-        conditions.join(" OR ")
-    );
-    let sql = match tx.backend() {
-        Backend::Sqlite => tx.backend().numbered(&sql),
-        Backend::Postgres => sql.replace("$2 IS NULL", "$2::BIGINT IS NULL"),
-    };
-    let rows = tx
-        .fetch_packed(&sql, &["party_id", "kind", "value"], &params)
-        .await?;
-    rows.iter()
-        .map(|row| Ok((row.int(0)?, row.text(1)?, row.text(2)?)))
-        .collect::<anyhow::Result<Vec<_>>>()
-        .map_err(Error::from)
+    let mut found = Vec::new();
+    for (kind, values) in by_kind {
+        let mut values = values;
+        values.sort_unstable();
+        values.dedup();
+        for chunk in values.chunks(KEYS_PER_QUERY_MAX) {
+            // Parameters appear once each, in order: anonymous placeholders on SQLite, which
+            // it binds without searching (see `Backend::values_list`).
+            let list = match tx.backend() {
+                Backend::Sqlite => vec!["?"; chunk.len()].join(", "),
+                Backend::Postgres => (0..chunk.len())
+                    .map(|i| format!("${}", i + 3))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            };
+            let (company_param, kind_param) = match tx.backend() {
+                Backend::Sqlite => ("?", "?"),
+                Backend::Postgres => ("$1", "$2"),
+            };
+            let sql = format!(
+                "SELECT party_id, value FROM party_keys \
+                 WHERE company_id = {company_param} AND kind = {kind_param} AND value IN ({list})"
+            );
+            let mut params = vec![
+                Param::Int(Some(company.id)),
+                Param::Text(Some(kind.to_owned())),
+            ];
+            params.extend(chunk.iter().map(|v| Param::Text(Some((*v).to_owned()))));
+            for row in tx
+                .fetch_packed(&sql, &["party_id", "value"], &params)
+                .await?
+            {
+                let party = row.int(0)?;
+                if Some(party) != except {
+                    found.push((party, kind.to_owned(), row.text(1)?));
+                }
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Values looked up in one query.
+const KEYS_PER_QUERY_MAX: usize = 500;
+
+/// Which of these user ids belong to active users.
+pub async fn active_users(tx: &mut Tx, ids: &[i64]) -> Result<std::collections::HashSet<i64>> {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut active = std::collections::HashSet::new();
+    for chunk in ids.chunks(KEYS_PER_QUERY_MAX) {
+        let sql = format!(
+            "SELECT id FROM users WHERE status = 'active' AND id IN {}",
+            tx.backend().placeholders(1, chunk.len())
+        );
+        let params: Vec<Param> = chunk.iter().map(|id| Param::Int(Some(*id))).collect();
+        for row in tx.fetch_packed(&sql, &["id"], &params).await? {
+            active.insert(row.int(0)?);
+        }
+    }
+    Ok(active)
 }
 
 /// Which of these ids are parties of the company that were not merged away.
