@@ -71,5 +71,8 @@ CREATE TABLE party_field_definitions (
 ) STRICT;
 
 -- Full-text search over names, emails, phones, tax ids and text custom fields: trigram tokens
--- find any fragment of three or more characters. rowid is the party id.
-CREATE VIRTUAL TABLE party_search USING fts5 (text, tokenize = 'trigram remove_diacritics 1');
+-- find any fragment of three or more characters. rowid is the party id. No ranking is asked of
+-- it, so it keeps no document sizes (columnsize=0): one write less per party.
+CREATE VIRTUAL TABLE party_search USING fts5 (
+    text, tokenize = 'trigram remove_diacritics 1', columnsize = 0
+);

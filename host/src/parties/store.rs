@@ -293,7 +293,7 @@ fn derive(data: &PartyData, custom: &CheckedValues) -> Derived {
     Derived {
         sort_name: sort_key(&data.name),
         keys,
-        search_text: fold(&search.join(" | ")),
+        search_text: fold(&search.join(" ")),
     }
 }
 
