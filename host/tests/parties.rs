@@ -228,6 +228,14 @@ on_both_backends! {
         let second = app.get(&format!("/api/v1/parties?q=widget&limit=2&cursor={next}")).await;
         assert_eq!(names(&second), ["Alpha Widgets", "Widgetry Ltd"]);
         assert!(second.body.get("next").is_none());
+        let by_name = app.get("/api/v1/parties?q=widget&sort=name&limit=3").await;
+        assert_eq!(names(&by_name), ["Alpha Widgets", "Widget Works", "Widgetry Ltd"]);
+        let next = by_name.body["next"].as_str().expect("a next page");
+        let rest = app.get(&format!("/api/v1/parties?q=widget&sort=name&limit=3&cursor={next}")).await;
+        assert_eq!(names(&rest), ["Zephyr Widgets GmbH"]);
+        let created = app.get("/api/v1/parties?sort=created&limit=1").await;
+        assert_eq!(names(&created), ["Zephyr Widgets GmbH"]);
+        assert_eq!(app.get("/api/v1/parties?sort=size").await.status, 400);
 
         app.get("/api/v1/parties?limit=0").await.assert_problem(422, &["limit"]);
         app.get("/api/v1/parties?cursor=garbage").await.assert_problem(422, &["cursor"]);

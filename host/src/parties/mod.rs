@@ -224,11 +224,7 @@ impl Parties {
     ) -> Result<Vec<DuplicateCandidate>> {
         self.read(async |tx: &mut Tx| {
             let party = visible(tx, company, viewer, id).await?;
-            let definitions = fields::list(tx, company).await?;
-            let custom =
-                fields::check_values(&definitions, party.data.kind, &party.data.custom_fields)
-                    .unwrap_or_default();
-            find_duplicates(tx, company, &party.data, &custom, Some(id)).await
+            find_duplicates(tx, company, &party.data, Some(id)).await
         })
         .await
     }
@@ -477,7 +473,7 @@ pub async fn create_in(
     let data = new.validate(company.base_currency)?;
     let custom = check_references(tx, company, viewer, &data, None).await?;
     if !new.allow_duplicate {
-        let candidates = find_duplicates(tx, company, &data, &custom, None).await?;
+        let candidates = find_duplicates(tx, company, &data, None).await?;
         if !candidates.is_empty() {
             return Err(Error::Duplicates {
                 detail: format!(
@@ -549,10 +545,8 @@ pub async fn find_duplicates(
     tx: &mut Tx,
     company: &Company,
     data: &PartyData,
-    custom: &CheckedValues,
     except: Option<i64>,
 ) -> Result<Vec<DuplicateCandidate>> {
-    let _ = custom;
     let mut keys: Vec<(String, String)> = Vec::new();
     keys.extend(
         data.tax_ids

@@ -39,6 +39,9 @@ pub struct PartyQuery {
     pub field: Option<String>,
     /// Parties related to this one (its contacts and subsidiaries).
     pub related_to: Option<i64>,
+    /// `name` or `created`; lists come by name, searches (`q`) by creation, which is what
+    /// the full-text index answers fastest.
+    pub sort: Option<SortOrder>,
     /// The `next` value of the previous page.
     pub cursor: Option<String>,
     /// Page size, 1–500 (100 when absent).
@@ -47,7 +50,17 @@ pub struct PartyQuery {
     pub format: Option<String>,
 }
 
-/// One page of parties, in name order.
+/// The order of a page of parties.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SortOrder {
+    /// By name (accents and case folded), then id.
+    Name,
+    /// By creation: oldest first.
+    Created,
+}
+
+/// One page of parties, in the order asked for.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PartyPage {
     pub parties: Vec<PartyView>,
@@ -142,7 +155,7 @@ fn prefix_condition(conditions: &mut Conditions, prefix: &str) {
 
 /// The conditions a text search starts from: name prefixes for short words, the full-text
 /// index for fragments.
-fn text_conditions(backend: Backend, q: &str) -> Result<Conditions> {
+fn text_conditions(backend: Backend, q: &str, order: Order) -> Result<Conditions> {
     let words: Vec<String> = fold(q)
         .split_whitespace()
         .take(SEARCH_WORDS_MAX)
@@ -166,7 +179,17 @@ fn text_conditions(backend: Backend, q: &str) -> Result<Conditions> {
         return Ok(conditions);
     }
     Ok(match backend {
-        Backend::Sqlite => Conditions::searching(fts_query(&fragments)),
+        // In id order the matches are read from the index and the read stops at the page
+        // size; in name order every match is read and sorted.
+        Backend::Sqlite if order == Order::Id => Conditions::searching(fts_query(&fragments)),
+        Backend::Sqlite => {
+            let mut conditions = Conditions::new();
+            let p = conditions.param(Param::Text(Some(fts_query(&fragments))));
+            conditions.sql.push(format!(
+                "p.id IN (SELECT rowid FROM party_search WHERE party_search MATCH {p})"
+            ));
+            conditions
+        }
         Backend::Postgres => {
             let mut conditions = Conditions::new();
             like_conditions(&mut conditions, &fragments);
@@ -191,7 +214,7 @@ async fn conditions_of(
     query: &PartyQuery,
 ) -> Result<Conditions> {
     let mut conditions = match &query.q {
-        Some(q) => text_conditions(tx.backend(), q)?,
+        Some(q) => text_conditions(tx.backend(), q, order_of(query))?,
         None => Conditions::new(),
     };
     match query.status {
@@ -251,6 +274,14 @@ async fn conditions_of(
     Ok(conditions)
 }
 
+/// The order a query asks for, or its default: name for lists, creation for searches.
+fn order_of(query: &PartyQuery) -> Order {
+    match (query.sort, &query.q) {
+        (Some(SortOrder::Name), _) | (None, None) => Order::Name,
+        (Some(SortOrder::Created), _) | (None, Some(_)) => Order::Id,
+    }
+}
+
 /// One page of the parties matching `query` that the viewer reaches.
 pub async fn page(
     tx: &mut Tx,
@@ -262,11 +293,7 @@ pub async fn page(
     let mut conditions = conditions_of(tx, company, viewer, query).await?;
     // Searches come in id order, which the full-text index gives without sorting every match;
     // lists come in name order.
-    let order = if query.q.is_some() {
-        Order::Id
-    } else {
-        Order::Name
-    };
+    let order = order_of(query);
     if let Some(cursor) = &query.cursor {
         let (name, id) = decode_cursor(cursor)?;
         match (order, conditions.source) {
