@@ -255,6 +255,17 @@ impl Database {
         })
     }
 
+    /// Runs reads against one consistent snapshot.
+    pub async fn read<T>(
+        &self,
+        operation: impl AsyncFnOnce(&mut Tx) -> crate::error::Result<T>,
+    ) -> crate::error::Result<T> {
+        let mut tx = self.begin_read().await?;
+        let value = operation(&mut tx).await?;
+        tx.commit().await?;
+        Ok(value)
+    }
+
     /// On SQLite, starts a task that checkpoints the WAL every second from a reading connection,
     /// so the writer never stops to do it. (PASSIVE: it copies what no reader still needs and
     /// never blocks anyone.) The task ends when the database is closed.

@@ -182,6 +182,22 @@ pub async fn store(
     store_many(tx, company, &[(key, response)]).await
 }
 
+/// [`once`] in a write transaction of its own, committed when the write succeeds.
+pub async fn once_committed<F>(
+    db: &crate::db::Database,
+    company: &Company,
+    key: Option<&RequestKey>,
+    write: F,
+) -> Result<StoredResponse>
+where
+    F: AsyncFnOnce(&mut Tx) -> Result<StoredResponse>,
+{
+    let mut tx = db.begin_write().await?;
+    let response = once(&mut tx, company, key, write).await?;
+    tx.commit().await?;
+    Ok(response)
+}
+
 /// Runs a write exactly once per key: a replay returns the stored response without running it.
 /// Without a key the write simply runs. `write` must leave its change in `tx` uncommitted.
 pub async fn once<F>(

@@ -7,23 +7,6 @@ use axum::http::Method;
 use common::{TestApp, simple_entry};
 use serde_json::{Value, json};
 
-async fn as_user(
-    app: &TestApp,
-    token: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> common::Reply {
-    let header = format!("Bearer {token}");
-    app.request(
-        method,
-        path,
-        &[("authorization", header.as_str())],
-        body.map(|b| b.to_string().into_bytes()),
-    )
-    .await
-}
-
 async fn create(app: &TestApp, body: Value) -> Value {
     let reply = app.post("/api/v1/parties", body).await;
     assert_eq!(reply.status, 201, "{}", reply.text);
@@ -354,40 +337,40 @@ on_both_backends! {
         }
         let (_, outsider) = app.user_with_role("olga", "sales-rep").await;
 
-        let mine = as_user(&app, &rep, Method::POST, "/api/v1/parties",
+        let mine = app.as_user(&rep, Method::POST, "/api/v1/parties",
             Some(json!({"kind": "organization", "name": "Rita's Customer"}))).await;
         assert_eq!(mine.status, 201, "{}", mine.text);
         assert_eq!(mine.body["owner"], rep_id, "a rep owns what they create");
-        let theirs = as_user(&app, &other, Method::POST, "/api/v1/parties",
+        let theirs = app.as_user(&other, Method::POST, "/api/v1/parties",
             Some(json!({"kind": "organization", "name": "Otto's Customer"}))).await;
         assert_eq!(theirs.status, 201);
         let admin_owned = create(&app, json!({"kind": "organization", "name": "House Account"})).await;
 
-        let list = as_user(&app, &rep, Method::GET, "/api/v1/parties", None).await;
+        let list = app.as_user(&rep, Method::GET, "/api/v1/parties", None).await;
         assert_eq!(names(&list), ["Rita's Customer"]);
-        let peek = as_user(&app, &rep, Method::GET, &format!("/api/v1/parties/{}", theirs.body["id"]), None).await;
+        let peek = app.as_user(&rep, Method::GET, &format!("/api/v1/parties/{}", theirs.body["id"]), None).await;
         assert_eq!(peek.status, 404, "another rep's party is not revealed");
-        let edit = as_user(&app, &rep, Method::PATCH, &format!("/api/v1/parties/{}", admin_owned["id"]),
+        let edit = app.as_user(&rep, Method::PATCH, &format!("/api/v1/parties/{}", admin_owned["id"]),
             Some(json!({"name": "Mine now"}))).await;
         assert_eq!(edit.status, 404);
-        let give_away = as_user(&app, &rep, Method::PATCH, &format!("/api/v1/parties/{}", mine.body["id"]),
+        let give_away = app.as_user(&rep, Method::PATCH, &format!("/api/v1/parties/{}", mine.body["id"]),
             Some(json!({"owner": other_id}))).await;
         assert_eq!(give_away.status, 403, "{}", give_away.text);
-        let merge = as_user(&app, &rep, Method::POST, &format!("/api/v1/parties/{}/merge", mine.body["id"]),
+        let merge = app.as_user(&rep, Method::POST, &format!("/api/v1/parties/{}/merge", mine.body["id"]),
             Some(json!({"into": theirs.body["id"]}))).await;
         assert_eq!(merge.status, 403, "merging needs parties:merge");
-        let field = as_user(&app, &rep, Method::POST, "/api/v1/parties/fields",
+        let field = app.as_user(&rep, Method::POST, "/api/v1/parties/fields",
             Some(json!({"name": "x", "label": "X", "field_type": "text"}))).await;
         assert_eq!(field.status, 403);
 
-        let team = as_user(&app, &manager, Method::GET, "/api/v1/parties", None).await;
+        let team = app.as_user(&manager, Method::GET, "/api/v1/parties", None).await;
         assert_eq!(names(&team), ["Otto's Customer", "Rita's Customer"]);
-        let reassign = as_user(&app, &manager, Method::PATCH, &format!("/api/v1/parties/{}", mine.body["id"]),
+        let reassign = app.as_user(&manager, Method::PATCH, &format!("/api/v1/parties/{}", mine.body["id"]),
             Some(json!({"owner": other_id}))).await;
         assert_eq!(reassign.status, 200, "{}", reassign.text);
-        let outside = as_user(&app, &manager, Method::GET, &format!("/api/v1/parties/{}", admin_owned["id"]), None).await;
+        let outside = app.as_user(&manager, Method::GET, &format!("/api/v1/parties/{}", admin_owned["id"]), None).await;
         assert_eq!(outside.status, 404);
-        let nothing = as_user(&app, &outsider, Method::GET, "/api/v1/parties", None).await;
+        let nothing = app.as_user(&outsider, Method::GET, "/api/v1/parties", None).await;
         assert_eq!(names(&nothing), Vec::<String>::new());
     }
 
@@ -493,7 +476,7 @@ on_both_backends! {
         assert_eq!(data.body["audit"][0]["action"], "parties:create");
 
         let (_, rep) = app.user_with_role("rep", "sales-rep").await;
-        let denied = as_user(&app, &rep, Method::GET, &format!("/api/v1/parties/{id}/personal-data"), None).await;
+        let denied = app.as_user(&rep, Method::GET, &format!("/api/v1/parties/{id}/personal-data"), None).await;
         assert_eq!(denied.status, 403);
         let org_refused = app.post(&format!("/api/v1/parties/{}/anonymize", org["id"]), json!({})).await;
         org_refused.assert_problem(422, &["kind"]);

@@ -33,23 +33,6 @@ fn documented_operations() -> Vec<(Method, String, String)> {
 /// Public operations: they exist to obtain credentials.
 const PUBLIC: &[&str] = &["/api/v1/auth/login"];
 
-async fn bearer(
-    app: &TestApp,
-    token: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> common::Reply {
-    let header = format!("Bearer {token}");
-    app.request(
-        method,
-        path,
-        &[("authorization", header.as_str())],
-        body.map(|b| b.to_string().into_bytes()),
-    )
-    .await
-}
-
 async fn audit_records(app: &TestApp, query: &str) -> Vec<Value> {
     let reply = app.get(&format!("/api/v1/audit?{query}")).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
@@ -96,22 +79,22 @@ on_both_backends! {
 
     async fn a_missing_permission_is_403_and_recorded_as_a_security_event(app: TestApp) {
         let (viewer, token) = app.user_with_role("vera", "viewer").await;
-        let read = bearer(&app, &token, Method::GET, "/api/v1/ledger/trial-balance", None).await;
+        let read = app.as_user(&token, Method::GET, "/api/v1/ledger/trial-balance", None).await;
         assert_eq!(read.status, 200, "a viewer reads the books");
-        let post = bearer(&app, &token, Method::POST, "/api/v1/ledger/entries", Some(simple_entry("2025-03-01", "1020", "4000", "1.00"))).await;
+        let post = app.as_user(&token, Method::POST, "/api/v1/ledger/entries", Some(simple_entry("2025-03-01", "1020", "4000", "1.00"))).await;
         post.assert_problem(403, &[]);
         assert!(post.text.contains("ledger.entries:post"), "{}", post.text);
         let denied = audit_records(&app, &format!("action=security:permission-denied&actor={viewer}")).await;
         assert_eq!(denied.len(), 1);
         assert!(denied[0]["change"].as_str().expect("change").contains("/api/v1/ledger/entries"));
-        bearer(&app, &token, Method::GET, "/api/v1/audit", None).await.assert_problem(403, &[]);
+        app.as_user(&token, Method::GET, "/api/v1/audit", None).await.assert_problem(403, &[]);
     }
 
     async fn an_auditor_reads_everything_including_the_audit_trail_and_changes_nothing(app: TestApp) {
         app.post_simple("2025-03-01", "1020", "4000", "5.00").await;
         let (_, token) = app.user_with_role("audrey", "auditor").await;
         for path in ["/api/v1/ledger/entries", "/api/v1/ledger/trial-balance", "/api/v1/audit", "/api/v1/users", "/api/v1/roles", "/api/v1/duty-rules"] {
-            let reply = bearer(&app, &token, Method::GET, path, None).await;
+            let reply = app.as_user(&token, Method::GET, path, None).await;
             assert_eq!(reply.status, 200, "{path}: {}", reply.text);
         }
         let writes = [
@@ -121,7 +104,7 @@ on_both_backends! {
             (Method::POST, "/api/v1/roles", json!({ "name": "x", "permissions": [{ "resource": "audit", "action": "read" }] })),
         ];
         for (method, path, body) in writes {
-            bearer(&app, &token, method, path, Some(body)).await.assert_problem(403, &[]);
+            app.as_user(&token, method, path, Some(body)).await.assert_problem(403, &[]);
         }
     }
 
@@ -140,17 +123,17 @@ on_both_backends! {
 
         // An administrator's reset lifts the lock.
         let (_, other_admin) = app.user_with_role("second-admin", "admin").await;
-        let reset = bearer(&app, &other_admin, Method::POST, &format!("/api/v1/users/{}/password", app.admin_id), Some(json!({ "new_password": "a brand new password" }))).await;
+        let reset = app.as_user(&other_admin, Method::POST, &format!("/api/v1/users/{}/password", app.admin_id), Some(json!({ "new_password": "a brand new password" }))).await;
         assert_eq!(reset.status, 204, "{}", reset.text);
         let login = json!({ "username": "admin", "password": "a brand new password" });
         let session = app.request_raw(Method::POST, "/api/v1/auth/login", &[], Some(login.to_string().into_bytes())).await;
         assert_eq!(session.status, 200, "{}", session.text);
         let token = session.body["token"].as_str().expect("a session token").to_owned();
-        let me = bearer(&app, &token, Method::GET, "/api/v1/me", None).await;
+        let me = app.as_user(&token, Method::GET, "/api/v1/me", None).await;
         assert_eq!(me.body["user"]["username"], "admin");
         assert_eq!(me.body["roles"], json!(["admin"]));
-        assert_eq!(bearer(&app, &token, Method::POST, "/api/v1/auth/logout", None).await.status, 204);
-        bearer(&app, &token, Method::GET, "/api/v1/me", None).await.assert_problem(401, &[]);
+        assert_eq!(app.as_user(&token, Method::POST, "/api/v1/auth/logout", None).await.status, 204);
+        app.as_user(&token, Method::GET, "/api/v1/me", None).await.assert_problem(401, &[]);
     }
 
     async fn unknown_users_and_service_accounts_cannot_log_in_with_a_password(app: TestApp) {
@@ -185,20 +168,20 @@ on_both_backends! {
     async fn nobody_can_grant_themselves_more_than_they_hold(app: TestApp) {
         let (accountant, token) = app.user_with_role("ann", "accountant").await;
         // Without roles:write at all.
-        bearer(&app, &token, Method::POST, &format!("/api/v1/users/{accountant}/roles"), Some(json!({ "role": "admin" }))).await.assert_problem(403, &[]);
+        app.as_user(&token, Method::POST, &format!("/api/v1/users/{accountant}/roles"), Some(json!({ "role": "admin" }))).await.assert_problem(403, &[]);
         // A role manager who is not an admin cannot hand out admin, nor build a bigger role.
         let role = app.post("/api/v1/roles", json!({ "name": "role-manager", "permissions": [
             { "resource": "roles", "action": "*" }, { "resource": "users", "action": "read" }
         ]})).await;
         assert_eq!(role.status, 201, "{}", role.text);
         let (manager, manager_token) = app.user_with_role("rolf", "role-manager").await;
-        let escalate = bearer(&app, &manager_token, Method::POST, &format!("/api/v1/users/{manager}/roles"), Some(json!({ "role": "admin" }))).await;
+        let escalate = app.as_user(&manager_token, Method::POST, &format!("/api/v1/users/{manager}/roles"), Some(json!({ "role": "admin" }))).await;
         escalate.assert_problem(403, &[]);
         assert!(escalate.text.contains("do not hold"), "{}", escalate.text);
-        let bigger = bearer(&app, &manager_token, Method::POST, "/api/v1/roles", Some(json!({ "name": "sneaky", "permissions": [{ "resource": "ledger.*", "action": "*" }] }))).await;
+        let bigger = app.as_user(&manager_token, Method::POST, "/api/v1/roles", Some(json!({ "name": "sneaky", "permissions": [{ "resource": "ledger.*", "action": "*" }] }))).await;
         bigger.assert_problem(403, &[]);
         // Within what they hold, they may grant.
-        let allowed = bearer(&app, &manager_token, Method::POST, &format!("/api/v1/users/{accountant}/roles"), Some(json!({ "role": "role-manager" }))).await;
+        let allowed = app.as_user(&manager_token, Method::POST, &format!("/api/v1/users/{accountant}/roles"), Some(json!({ "role": "role-manager" }))).await;
         assert_eq!(allowed.status, 200, "{}", allowed.text);
         let denials = audit_records(&app, &format!("action=security:permission-denied&actor={accountant}")).await;
         assert_eq!(denials.len(), 1, "the refused self-grant is on record");
@@ -251,10 +234,10 @@ on_both_backends! {
         ]})).await;
         assert_eq!(role.status, 201, "{}", role.text);
         let (_, token) = app.user_with_role("paula", "payables-clerk").await;
-        let posted = bearer(&app, &token, Method::POST, "/api/v1/ledger/entries", Some(simple_entry("2025-03-03", "6100", "2000", "10.00"))).await;
+        let posted = app.as_user(&token, Method::POST, "/api/v1/ledger/entries", Some(simple_entry("2025-03-03", "6100", "2000", "10.00"))).await;
         assert_eq!(posted.status, 201, "{}", posted.text);
-        bearer(&app, &token, Method::POST, &format!("/api/v1/ledger/entries/{}/reverse", posted.body["id"]), Some(json!({}))).await.assert_problem(403, &[]);
-        bearer(&app, &token, Method::GET, "/api/v1/ledger/trial-balance", None).await.assert_problem(403, &[]);
+        app.as_user(&token, Method::POST, &format!("/api/v1/ledger/entries/{}/reverse", posted.body["id"]), Some(json!({}))).await.assert_problem(403, &[]);
+        app.as_user(&token, Method::GET, "/api/v1/ledger/trial-balance", None).await.assert_problem(403, &[]);
 
         let unknown = app.post("/api/v1/roles", json!({ "name": "bad", "permissions": [{ "resource": "warp.drive", "action": "engage" }] })).await;
         unknown.assert_problem(422, &["permissions[0]"]);
@@ -271,20 +254,20 @@ on_both_backends! {
         for rule in &rules {
             assert_eq!(app.patch(&format!("/api/v1/duty-rules/{}", rule["id"]), json!({ "enabled": true })).await.status, 200);
         }
-        let entry = bearer(&app, &alice, Method::POST, "/api/v1/ledger/entries", Some(simple_entry("2025-03-10", "1020", "4000", "100.00"))).await;
+        let entry = app.as_user(&alice, Method::POST, "/api/v1/ledger/entries", Some(simple_entry("2025-03-10", "1020", "4000", "100.00"))).await;
         assert_eq!(entry.status, 201);
         let id = entry.body["id"].as_i64().expect("id");
         assert_eq!(entry.body["posted_by"], app.state.identity.user_by_username("alice").await.expect("alice").expect("alice").id);
 
-        let reversal = bearer(&app, &alice, Method::POST, &format!("/api/v1/ledger/entries/{id}/reverse"), Some(json!({}))).await;
+        let reversal = app.as_user(&alice, Method::POST, &format!("/api/v1/ledger/entries/{id}/reverse"), Some(json!({}))).await;
         reversal.assert_problem(403, &[]);
         assert!(reversal.text.contains("segregation of duties"), "{}", reversal.text);
 
         let march = app.period_id("2025-03").await;
-        assert_eq!(bearer(&app, &alice, Method::POST, &format!("/api/v1/ledger/periods/{march}/close"), None).await.status, 200);
-        bearer(&app, &alice, Method::POST, &format!("/api/v1/ledger/periods/{march}/reopen"), None).await.assert_problem(403, &[]);
-        assert_eq!(bearer(&app, &bob, Method::POST, &format!("/api/v1/ledger/periods/{march}/reopen"), None).await.status, 200);
-        assert_eq!(bearer(&app, &bob, Method::POST, &format!("/api/v1/ledger/entries/{id}/reverse"), Some(json!({}))).await.status, 201);
+        assert_eq!(app.as_user(&alice, Method::POST, &format!("/api/v1/ledger/periods/{march}/close"), None).await.status, 200);
+        app.as_user(&alice, Method::POST, &format!("/api/v1/ledger/periods/{march}/reopen"), None).await.assert_problem(403, &[]);
+        assert_eq!(app.as_user(&bob, Method::POST, &format!("/api/v1/ledger/periods/{march}/reopen"), None).await.status, 200);
+        assert_eq!(app.as_user(&bob, Method::POST, &format!("/api/v1/ledger/entries/{id}/reverse"), Some(json!({}))).await.status, 201);
     }
 
     async fn every_change_is_audited_with_actor_object_and_idempotency_key(app: TestApp) {

@@ -274,10 +274,19 @@ pub async fn write_once<P>(
     write: impl AsyncFnOnce(&mut crate::db::Tx) -> crate::error::Result<StoredResponse>,
 ) -> crate::error::Result<StoredResponse> {
     let key = extract::request_key(auth, key, operation, body);
-    let mut tx = state.db.begin_write().await?;
-    let response = crate::idempotency::once(&mut tx, &auth.company, key.as_ref(), write).await?;
-    tx.commit().await?;
-    Ok(response)
+    crate::idempotency::once_committed(&state.db, &auth.company, key.as_ref(), write).await
+}
+
+/// The page size a query asks for (`limit`), checked: 1 to [`PAGE_SIZE_MAX`], [`PAGE_SIZE_DEFAULT`]
+/// when absent.
+pub fn page_size(limit: Option<u32>) -> crate::error::Result<usize> {
+    match limit.unwrap_or(PAGE_SIZE_DEFAULT) {
+        limit @ 1..=PAGE_SIZE_MAX => Ok(limit as usize),
+        _ => Err(crate::error::Error::invalid(
+            "limit",
+            format!("is between 1 and {PAGE_SIZE_MAX}"),
+        )),
+    }
 }
 
 /// A JSON response for a write, as stored for idempotent replays.

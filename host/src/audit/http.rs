@@ -8,11 +8,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{Filter, Record};
+use crate::api::AppState;
 use crate::api::auth::{Authorized, need};
 use crate::api::extract::Params;
 use crate::api::problem::Problem;
-use crate::api::{AppState, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -37,15 +37,7 @@ async fn list_audit(
     auth: Authorized<need::AuditRead>,
     Params(filter): Params<Filter>,
 ) -> Result<Json<AuditPage>> {
-    let limit = match filter.limit.unwrap_or(PAGE_SIZE_DEFAULT) {
-        limit @ 1..=PAGE_SIZE_MAX => i64::from(limit),
-        _ => {
-            return Err(Error::invalid(
-                "limit",
-                format!("is between 1 and {PAGE_SIZE_MAX}"),
-            ));
-        }
-    };
+    let limit = i64::try_from(crate::api::page_size(filter.limit)?).map_err(anyhow::Error::from)?;
     let records = super::list(&state.db, auth.company.id, &filter, limit).await?;
     let next = (records.len() as i64 == limit)
         .then(|| records.last().map(|r| r.seq))

@@ -19,7 +19,7 @@ use super::reports::{AccountLedger, BalanceSheet, IncomeStatement, TrialBalance}
 use crate::api::auth::{Authorized, need};
 use crate::api::extract::{Body, IdempotencyKey, Params, request_key};
 use crate::api::problem::Problem;
-use crate::api::{AppState, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, csv_response};
+use crate::api::{AppState, csv_response, page_size};
 use crate::error::{Error, Result};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -47,16 +47,6 @@ fn date_param(field: &str, value: Option<&str>) -> Result<Option<NaiveDate>> {
     value
         .map(|text| parse_date(text).map_err(|message| Error::invalid(field, message)))
         .transpose()
-}
-
-fn page_size(limit: Option<u32>) -> Result<usize> {
-    match limit.unwrap_or(PAGE_SIZE_DEFAULT) {
-        limit @ 1..=PAGE_SIZE_MAX => Ok(limit as usize),
-        _ => Err(Error::invalid(
-            "limit",
-            format!("is between 1 and {PAGE_SIZE_MAX}"),
-        )),
-    }
 }
 
 /// Whether the client asked for CSV, by `?format=csv` or `Accept: text/csv`.

@@ -93,18 +93,12 @@ impl Ledger {
         key: Option<&RequestKey>,
         operation: impl AsyncFnOnce(&mut Tx) -> Result<StoredResponse>,
     ) -> Result<StoredResponse> {
-        let mut tx = self.db.begin_write().await?;
-        let response = idempotency::once(&mut tx, company, key, operation).await?;
-        tx.commit().await?;
-        Ok(response)
+        idempotency::once_committed(&self.db, company, key, operation).await
     }
 
     /// Runs reads against one consistent snapshot.
     async fn read<T>(&self, operation: impl AsyncFnOnce(&mut Tx) -> Result<T>) -> Result<T> {
-        let mut tx = self.db.begin_read().await?;
-        let value = operation(&mut tx).await?;
-        tx.commit().await?;
-        Ok(value)
+        self.db.read(operation).await
     }
 
     /// Refuses when a segregation-of-duties rule forbids the acting user this action.

@@ -20,7 +20,7 @@ use super::{DuplicateCandidate, MergeInput, MergeResult, PartyBalance, Viewer};
 use crate::api::auth::{Authorized, need};
 use crate::api::extract::{Body, IdempotencyKey, Params, request_key};
 use crate::api::problem::Problem;
-use crate::api::{AppState, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX};
+use crate::api::{AppState, page_size};
 use crate::error::{Error, Result};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -42,16 +42,6 @@ async fn viewer_of<P>(state: &AppState, auth: &Authorized<P>) -> Result<Viewer> 
         .parties
         .viewer(auth.principal.user_id, auth.scope)
         .await
-}
-
-fn page_size(limit: Option<u32>) -> Result<usize> {
-    match limit.unwrap_or(PAGE_SIZE_DEFAULT) {
-        limit @ 1..=PAGE_SIZE_MAX => Ok(limit as usize),
-        _ => Err(Error::invalid(
-            "limit",
-            format!("is between 1 and {PAGE_SIZE_MAX}"),
-        )),
-    }
 }
 
 /// Search and list parties, in name order, one page at a time; `format=csv` exports every

@@ -163,17 +163,11 @@ impl Parties {
         key: Option<&RequestKey>,
         operation: impl AsyncFnOnce(&mut Tx) -> Result<StoredResponse>,
     ) -> Result<StoredResponse> {
-        let mut tx = self.db.begin_write().await?;
-        let response = idempotency::once(&mut tx, company, key, operation).await?;
-        tx.commit().await?;
-        Ok(response)
+        idempotency::once_committed(&self.db, company, key, operation).await
     }
 
     pub async fn read<T>(&self, operation: impl AsyncFnOnce(&mut Tx) -> Result<T>) -> Result<T> {
-        let mut tx = self.db.begin_read().await?;
-        let value = operation(&mut tx).await?;
-        tx.commit().await?;
-        Ok(value)
+        self.db.read(operation).await
     }
 
     pub async fn create(
@@ -744,7 +738,8 @@ async fn merge_in(
     let merged = merged_lists_within_limits(merged)?;
 
     let before = survivor.view(company);
-    clear_party(tx, id).await?;
+    // The merged party's keys and search text go: it is no longer found or matched.
+    store::clear_derived(tx, id).await?;
     let moved = move_references(tx, company, id, into).await?;
     let definitions = fields::list(tx, company).await?;
     let custom = fields::check_values(&definitions, merged.kind, &merged.custom_fields)?;
@@ -820,11 +815,6 @@ fn merged_lists_within_limits(data: PartyData) -> Result<PartyData> {
     } else {
         Err(Error::Invalid(errors))
     }
-}
-
-/// Removes a party's keys, relationships and search text: it is no longer found.
-async fn clear_party(tx: &mut Tx, id: i64) -> Result<()> {
-    store::clear_derived(tx, id).await
 }
 
 /// Points relationships and party-type custom fields at `into` instead of `id`.

@@ -103,8 +103,7 @@ impl Parties {
         key: Option<&RequestKey>,
         origin: &Origin,
     ) -> Result<StoredResponse> {
-        let mut tx = self.db().begin_write().await?;
-        let response = crate::idempotency::once(&mut tx, company, key, async |tx: &mut Tx| {
+        crate::idempotency::once_committed(self.db(), company, key, async |tx: &mut Tx| {
             let party = store::get_for_update(tx, company, id).await?;
             if !viewer.reaches(party.data.owner) {
                 return Err(Error::NotFound(format!("party {id} not found")));
@@ -157,9 +156,7 @@ impl Parties {
             audit::append(tx, origin, &[event]).await?;
             crate::api::stored(200, &view)
         })
-        .await?;
-        tx.commit().await?;
-        Ok(response)
+        .await
     }
 }
 

@@ -234,6 +234,24 @@ impl TestApp {
         self.request_raw(method, path, &all, body).await
     }
 
+    /// A request as the holder of `token`.
+    pub async fn as_user(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Reply {
+        let header = format!("Bearer {token}");
+        self.request(
+            method,
+            path,
+            &[("authorization", header.as_str())],
+            body.map(|b| b.to_string().into_bytes()),
+        )
+        .await
+    }
+
     /// A request with exactly these headers: no credentials unless given.
     pub async fn request_raw(
         &self,
