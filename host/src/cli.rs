@@ -65,6 +65,12 @@ struct DatabaseArgs {
 }
 
 impl DatabaseArgs {
+    /// Where compiled plugins are kept: under the data directory, also when the data itself
+    /// is in PostgreSQL.
+    fn compiled_plugins(&self) -> PathBuf {
+        self.data_dir.join("compiled-plugins")
+    }
+
     fn location(&self) -> anyhow::Result<Location> {
         Location::from_args(self.database_url.as_deref(), &self.data_dir)
     }
@@ -137,6 +143,16 @@ enum Command {
         company: Option<String>,
         #[command(subcommand)]
         command: PartiesCommand,
+    },
+    /// Plugins: install, grant, enable, upgrade, uninstall.
+    Plugin {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Company code; the default company when absent.
+        #[arg(long, global = true)]
+        company: Option<String>,
+        #[command(subcommand)]
+        command: PluginCommand,
     },
     /// The audit trail: verify its hash chain, export it.
     Audit {
@@ -216,6 +232,37 @@ enum PartiesCommand {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Install a plugin from its component (a .wasm file) and show what it asks for. It starts
+    /// disabled with nothing granted.
+    Install { file: PathBuf },
+    /// List the installed plugins.
+    List,
+    /// Grant capabilities the plugin's manifest requests (e.g. `storage ledger:post`).
+    Grant {
+        name: String,
+        #[arg(required = true)]
+        capabilities: Vec<String>,
+    },
+    /// Take back capabilities.
+    Revoke {
+        name: String,
+        #[arg(required = true)]
+        capabilities: Vec<String>,
+    },
+    /// Enable a plugin, running its migration first when needed.
+    Enable { name: String },
+    /// Disable a plugin: its routes and operations stop answering.
+    Disable { name: String },
+    /// Upgrade a plugin to a newer component; on a failed migration nothing changes.
+    Upgrade { name: String, file: PathBuf },
+    /// Uninstall a plugin, keeping its data.
+    Uninstall { name: String },
+    /// Delete the data of an uninstalled plugin, for good.
+    Purge { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -365,6 +412,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
             db.close().await;
             result
         }
+        Command::Plugin {
+            database,
+            company,
+            command,
+        } => {
+            let (db, company) = database.open_for(company.as_deref()).await?;
+            let result = plugin_command(&db, &company, &database.compiled_plugins(), command).await;
+            db.close().await;
+            result
+        }
         Command::Audit { database, command } => {
             let db = Database::open(&database.location()?).await?;
             let result = audit_command(&db, command).await;
@@ -387,7 +444,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
 async fn serve(addr: SocketAddr, database: &DatabaseArgs) -> anyhow::Result<()> {
     let (db, companies) = database.open().await?;
     db.checkpoint_in_background();
-    let state = AppState::new(db.clone(), companies).await?;
+    let state = AppState::new(db.clone(), companies, &database.compiled_plugins()).await?;
+    let started = std::time::Instant::now();
+    let loaded = state.runtime.load_installed().await?;
+    if loaded > 0 {
+        tracing::info!(
+            plugins = loaded,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "plugins loaded"
+        );
+    }
     if state.identity.count_users().await? == 0 {
         let location = match (&database.database_url, &database.data_dir) {
             (Some(_), _) => "--database-url <the same URL>".to_owned(),
@@ -1127,6 +1193,141 @@ fn print_trial_balance(report: &TrialBalance, format: ReportFormat) -> anyhow::R
             if !report.balanced {
                 writeln!(out, "WARNING: debits and credits differ")?;
             }
+        }
+    }
+    Ok(())
+}
+
+async fn plugin_command(
+    db: &Database,
+    company: &Company,
+    compiled: &std::path::Path,
+    command: PluginCommand,
+) -> anyhow::Result<()> {
+    use crate::runtime::registry::{PluginChanges, PluginView, Status};
+    let authz = Arc::new(Authz::load(db).await?);
+    let runtime = crate::runtime::Runtime::new(db.clone(), authz, compiled)?;
+    // The operator has the database itself; changes are recorded as the host's own.
+    let origin = Origin::system();
+    let read = |file: &std::path::Path| {
+        std::fs::read(file).with_context(|| format!("reading {}", file.display()))
+    };
+    let show = |view: &PluginView| {
+        let names = |list: &[crate::runtime::capability::Capability]| {
+            if list.is_empty() {
+                "(none)".to_owned()
+            } else {
+                list.iter()
+                    .map(|c| c.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        println!(
+            "{} {} ({:?}, keel:platform@{})\n  {}\n  requests: {}\n  granted:  {}\n  hash: {}",
+            view.name,
+            view.version,
+            view.status,
+            view.api_version,
+            view.description,
+            names(&view.requested),
+            names(&view.granted),
+            view.hash
+        );
+    };
+    let change = async |name: &str, changes: PluginChanges| -> anyhow::Result<()> {
+        let view = runtime
+            .change(company, name, &changes, None, &origin)
+            .await?;
+        show(&view);
+        Ok(())
+    };
+    match command {
+        PluginCommand::Install { file } => {
+            let view = runtime.install(company, &read(&file)?, &origin).await?;
+            show(&view);
+            println!(
+                "Installed, disabled. Grant what it needs and enable it:\n  keel plugin grant {} {}\n  keel plugin enable {}",
+                view.name,
+                view.requested
+                    .iter()
+                    .map(|c| c.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                view.name
+            );
+        }
+        PluginCommand::List => {
+            for view in runtime.list(company).await? {
+                show(&view);
+            }
+        }
+        PluginCommand::Grant { name, capabilities } => {
+            let view = runtime.get(company, &name).await?;
+            let mut granted: Vec<String> =
+                view.granted.iter().map(|c| c.as_str().to_owned()).collect();
+            granted.extend(capabilities);
+            change(
+                &name,
+                PluginChanges {
+                    granted: Some(granted),
+                    ..PluginChanges::default()
+                },
+            )
+            .await?;
+        }
+        PluginCommand::Revoke { name, capabilities } => {
+            let view = runtime.get(company, &name).await?;
+            let granted = view
+                .granted
+                .iter()
+                .map(|c| c.as_str().to_owned())
+                .filter(|c| !capabilities.contains(c))
+                .collect();
+            change(
+                &name,
+                PluginChanges {
+                    granted: Some(granted),
+                    ..PluginChanges::default()
+                },
+            )
+            .await?;
+        }
+        PluginCommand::Enable { name } => {
+            change(
+                &name,
+                PluginChanges {
+                    status: Some(Status::Enabled),
+                    ..PluginChanges::default()
+                },
+            )
+            .await?;
+        }
+        PluginCommand::Disable { name } => {
+            change(
+                &name,
+                PluginChanges {
+                    status: Some(Status::Disabled),
+                    ..PluginChanges::default()
+                },
+            )
+            .await?;
+        }
+        PluginCommand::Upgrade { name, file } => {
+            let view = runtime
+                .upgrade(company, &name, &read(&file)?, None, &origin)
+                .await?;
+            show(&view);
+        }
+        PluginCommand::Uninstall { name } => {
+            runtime.uninstall(company, &name, &origin).await?;
+            println!(
+                "Uninstalled {name}; its data is kept (`keel plugin purge {name}` deletes it)."
+            );
+        }
+        PluginCommand::Purge { name } => {
+            let records = runtime.purge(company, &name, &origin).await?;
+            println!("Purged {name}: {records} records deleted.");
         }
     }
     Ok(())

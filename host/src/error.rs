@@ -46,6 +46,15 @@ pub enum Error {
         detail: String,
         candidates: serde_json::Value,
     },
+    /// A plugin trapped or was stopped by one of its limits; nothing it did was kept, and the
+    /// host carries on.
+    #[error("plugin {plugin} {detail}")]
+    PluginFailed {
+        plugin: String,
+        /// True when a limit (CPU, memory, sizes, host calls, time) stopped it.
+        limit: bool,
+        detail: String,
+    },
     /// A bug or an infrastructure failure; the details are logged, never shown to the client.
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),

@@ -13,3 +13,4 @@ pub mod idempotency;
 pub mod identity;
 pub mod ledger;
 pub mod parties;
+pub mod runtime;

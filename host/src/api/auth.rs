@@ -62,6 +62,8 @@ pub mod need {
         RolesRead => perm::ROLES_READ,
         RolesWrite => perm::ROLES_WRITE,
         AuditRead => perm::AUDIT_READ,
+        PluginsRead => perm::PLUGINS_READ,
+        PluginsManage => perm::PLUGINS_MANAGE,
     }
 }
 
@@ -211,6 +213,63 @@ impl<P: Need + Send + Sync> FromRequestParts<AppState> for Authorized<P> {
                 .into_response())
             }
         }
+    }
+}
+
+/// An authenticated caller in the company the request names, for routes whose permission is
+/// known only at run time (a plugin's routes need `plugins.<name>:use`).
+#[derive(Debug, Clone)]
+pub struct InCompany {
+    pub principal: Principal,
+    pub company: Company,
+    pub origin: Origin,
+}
+
+impl FromRequestParts<AppState> for InCompany {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let principal = authenticate(parts, state).await?;
+        let company = company_of(parts, state).await?;
+        let origin = origin_of(parts, &principal);
+        Ok(Self {
+            principal,
+            company,
+            origin,
+        })
+    }
+}
+
+impl InCompany {
+    /// Refuses with 403, recorded in the audit trail, unless the caller holds
+    /// `resource:action`.
+    pub async fn require(
+        &self,
+        state: &AppState,
+        resource: &str,
+        action: &str,
+    ) -> Result<Scope, Error> {
+        state.authz.refresh_if_stale().await?;
+        let (user, company) = (self.principal.user_id, self.company.id);
+        if let Some(scope) = state.authz.scope_named(user, company, resource, action) {
+            return Ok(scope);
+        }
+        let permission = format!("{resource}:{action}");
+        let event = Event::new(
+            Some(company),
+            "security:permission-denied",
+            "permission",
+            &permission,
+            json!({ "resource": resource, "action": action }),
+        );
+        audit::record_security_event(&state.db, &self.origin, event).await;
+        Err(Error::Forbidden(format!(
+            "{} may not use this in company {:?} (permission {permission} is missing)",
+            self.principal.username, self.company.code
+        )))
     }
 }
 

@@ -31,6 +31,7 @@ use crate::idempotency::StoredResponse;
 use crate::identity::Identity;
 use crate::ledger::Ledger;
 use crate::parties::Parties;
+use crate::runtime::Runtime;
 use problem::{Problem, UnexpectedError};
 
 /// Largest request body: a full batch of entries (10,000 entries of a few lines) fits.
@@ -54,13 +55,20 @@ pub struct AppState {
     pub identity: Arc<Identity>,
     pub authz: Arc<Authz>,
     pub parties: Parties,
+    pub runtime: Arc<Runtime>,
 }
 
 impl AppState {
     /// Everything a server needs, on an opened and migrated database.
-    pub async fn new(db: Database, companies: Arc<Companies>) -> anyhow::Result<Self> {
+    /// Compiled plugins are kept under `compiled_plugins`.
+    pub async fn new(
+        db: Database,
+        companies: Arc<Companies>,
+        compiled_plugins: &std::path::Path,
+    ) -> anyhow::Result<Self> {
         let authz = Arc::new(Authz::load(&db).await?);
         Ok(Self {
+            runtime: Arc::new(Runtime::new(db.clone(), authz.clone(), compiled_plugins)?),
             ledger: Ledger::for_server(db.clone(), authz.clone()),
             identity: Arc::new(Identity::new(db.clone())),
             parties: Parties::new(db.clone(), authz.clone()),
@@ -88,7 +96,10 @@ impl AppState {
         (name = "parties", description = "The customer master: customers, vendors, contacts and employees"),
         (name = "identity", description = "Login, users, service accounts and API tokens"),
         (name = "authz", description = "Roles, grants and segregation-of-duties rules"),
-        (name = "audit", description = "The tamper-evident audit trail")
+        (name = "audit", description = "The tamper-evident audit trail"),
+        (name = "plugins", description = "Installed plugins: install, grant, enable, upgrade, uninstall. \
+            Everything below /api/v1/plugins/{name}/ is answered by the plugin itself, for callers \
+            holding plugins.{name}:use")
     )
 )]
 struct ApiDoc;
@@ -117,6 +128,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .nest("/api/v1", crate::identity::http::router())
         .nest("/api/v1", crate::authz::http::router())
         .nest("/api/v1", crate::audit::http::router())
+        .nest("/api/v1/plugins", crate::runtime::http::router())
 }
 
 /// The OpenAPI document, as served at `/api/v1/openapi.json`.
@@ -130,6 +142,10 @@ pub fn app(state: AppState) -> Router {
     let document = Arc::new(document);
     let metrics = metrics_handle();
     api.route("/api/v1/openapi.json", get(move || async move { Json(document.as_ref().clone()) }))
+        .route(
+            "/api/v1/plugins/{name}/{*path}",
+            axum::routing::any(crate::runtime::http::plugin_route),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(move || async move { metrics.render() }))

@@ -138,6 +138,29 @@ impl IntoResponse for Error {
                 )
             }
             .into_response(),
+            Error::PluginFailed {
+                plugin,
+                limit,
+                detail,
+            } => {
+                // The host stands between the client and the plugin like a gateway; the
+                // plugin failing is a bad answer from upstream, not a fault of the host.
+                let (kind, title) = if limit {
+                    (
+                        "plugin-limit-exceeded",
+                        "A plugin reached one of its limits",
+                    )
+                } else {
+                    ("plugin-failed", "A plugin failed")
+                };
+                Problem::new(
+                    StatusCode::BAD_GATEWAY,
+                    kind,
+                    title,
+                    format!("plugin {plugin} {detail}; nothing it did was kept"),
+                )
+                .into_response()
+            }
             Error::Unexpected(error) => {
                 let mut response = Problem::new(
                     StatusCode::INTERNAL_SERVER_ERROR,

@@ -197,68 +197,10 @@ impl Ledger {
                 format!("is longer than {} characters", model::MEMO_CHARS_MAX),
             ));
         }
+        let duties = self.duties.as_deref();
         self.write(company, key, async |tx: &mut Tx| {
-            let original = entries::load_one(tx, company, id).await?;
-            match original.draft.kind {
-                EntryKind::Standard => {}
-                EntryKind::Reversal => {
-                    return Err(Error::Conflict(format!(
-                        "entry {id} is itself a reversal (of entry {}); post a new entry instead",
-                        original.draft.reverses.unwrap_or_default()
-                    )));
-                }
-                EntryKind::Closing => {
-                    return Err(Error::Conflict(format!(
-                        "entry {id} is a year-end closing entry; reopen its fiscal year instead"
-                    )));
-                }
-            }
-            if let Some(by) = original.reversed_by {
-                return Err(Error::Conflict(format!(
-                    "entry {id} was already reversed by entry {by}"
-                )));
-            }
-            self.check_duties(
-                tx,
-                company,
-                origin,
-                perm::LEDGER_ENTRIES_REVERSE,
-                DutySubject::Entry(id),
-            )
-            .await?;
-            let memo = input
-                .memo
-                .clone()
-                .unwrap_or_else(|| format!("Reversal of entry {id}"));
-            let reversal = EntryDraft::reversal_of(
-                id,
-                &original.draft,
-                date.unwrap_or(original.draft.date),
-                memo,
-            );
-            let entries = [reversal];
-            let job = Job {
-                entries: &entries,
-                batch: false,
-                origin,
-            };
-            let outcome = posting::post_jobs(tx, company, &[job], posting::now_micros()).await;
-            let mut results = match outcome {
-                Ok(results) => results,
-                Err(error) if REVERSED_ONCE.is_violated_by(&error) => {
-                    return Err(Error::Conflict(format!("entry {id} was already reversed")));
-                }
-                Err(error) => return Err(error.into()),
-            };
-            let posted = results.pop().expect("one result per job")?;
-            let event = Event::new(
-                Some(company.id),
-                "ledger.entries:reverse",
-                "ledger.entry",
-                id,
-                json!({ "reversed_by": posted[0].id }),
-            );
-            audit::append(tx, origin, &[event]).await?;
+            let posted =
+                reverse_in(tx, company, id, date, input.memo.clone(), origin, duties).await?;
             Ok(posting::render(&posted, false))
         })
         .await
@@ -527,4 +469,79 @@ impl Ledger {
         })
         .await
     }
+}
+
+/// Posts the entry that reverses entry `id` inside `tx`, dated `date` or the original's date,
+/// and records it in the audit trail. `duties`, when given, enforces segregation of duties.
+pub async fn reverse_in(
+    tx: &mut Tx,
+    company: &Company,
+    id: i64,
+    date: Option<NaiveDate>,
+    memo: Option<String>,
+    origin: &Origin,
+    duties: Option<&Authz>,
+) -> Result<Vec<posting::Posted>> {
+    let original = entries::load_one(tx, company, id).await?;
+    match original.draft.kind {
+        EntryKind::Standard => {}
+        EntryKind::Reversal => {
+            return Err(Error::Conflict(format!(
+                "entry {id} is itself a reversal (of entry {}); post a new entry instead",
+                original.draft.reverses.unwrap_or_default()
+            )));
+        }
+        EntryKind::Closing => {
+            return Err(Error::Conflict(format!(
+                "entry {id} is a year-end closing entry; reopen its fiscal year instead"
+            )));
+        }
+    }
+    if let Some(by) = original.reversed_by {
+        return Err(Error::Conflict(format!(
+            "entry {id} was already reversed by entry {by}"
+        )));
+    }
+    if let (Some(authz), Some(user)) = (duties, origin.actor.user_id) {
+        authz
+            .check_duties(
+                tx,
+                company.id,
+                user,
+                perm::LEDGER_ENTRIES_REVERSE,
+                DutySubject::Entry(id),
+            )
+            .await?;
+    }
+    let memo = memo.unwrap_or_else(|| format!("Reversal of entry {id}"));
+    let reversal = EntryDraft::reversal_of(
+        id,
+        &original.draft,
+        date.unwrap_or(original.draft.date),
+        memo,
+    );
+    let entries = [reversal];
+    let job = Job {
+        entries: &entries,
+        batch: false,
+        origin,
+    };
+    let outcome = posting::post_jobs(tx, company, &[job], posting::now_micros()).await;
+    let mut results = match outcome {
+        Ok(results) => results,
+        Err(error) if REVERSED_ONCE.is_violated_by(&error) => {
+            return Err(Error::Conflict(format!("entry {id} was already reversed")));
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let posted = results.pop().expect("one result per job")?;
+    let event = Event::new(
+        Some(company.id),
+        "ledger.entries:reverse",
+        "ledger.entry",
+        id,
+        json!({ "reversed_by": posted[0].id }),
+    );
+    audit::append(tx, origin, &[event]).await?;
+    Ok(posted)
 }

@@ -879,7 +879,7 @@ async fn move_references(tx: &mut Tx, company: &Company, id: i64, into: i64) -> 
     Ok(moved)
 }
 
-async fn balance_in(
+pub async fn balance_in(
     tx: &mut Tx,
     company: &Company,
     party: &StoredParty,

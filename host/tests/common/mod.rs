@@ -111,6 +111,8 @@ pub struct TestApp {
     pub database: TestDatabase,
     pub admin_token: String,
     pub admin_id: i64,
+    /// Where the application keeps compiled plugins.
+    pub compiled_plugins: std::path::PathBuf,
 }
 
 /// A response: status and JSON body (`Value::Null` when empty, a string when not JSON).
@@ -189,17 +191,15 @@ impl TestApp {
 
     /// The application on a freshly migrated database with one administrator, nothing else.
     pub async fn bare(database: TestDatabase) -> Self {
-        let db = Database::open(&database.location)
-            .await
-            .expect("opening the test database");
-        let companies = Arc::new(
-            Companies::bootstrap(&db, None)
-                .await
-                .expect("bootstrapping the company"),
-        );
-        let state = AppState::new(db, companies)
-            .await
-            .expect("the application state");
+        Self::bare_with_compiled_plugins(database, &compiled_plugins_dir()).await
+    }
+
+    /// Like [`TestApp::bare`], keeping compiled plugins in `compiled_plugins`.
+    pub async fn bare_with_compiled_plugins(
+        database: TestDatabase,
+        compiled_plugins: &std::path::Path,
+    ) -> Self {
+        let state = open_state(&database, compiled_plugins).await;
         let (admin_id, admin_token) = create_user(&state, "admin", "admin").await;
         Self {
             router: api::app(state.clone()),
@@ -207,6 +207,17 @@ impl TestApp {
             database,
             admin_token,
             admin_id,
+            compiled_plugins: compiled_plugins.to_owned(),
+        }
+    }
+
+    /// The same database and compiled plugins in a new application, as after a restart.
+    pub async fn restarted(self) -> Self {
+        let state = open_state(&self.database, &self.compiled_plugins).await;
+        Self {
+            router: api::app(state.clone()),
+            state,
+            ..self
         }
     }
 
@@ -438,4 +449,24 @@ pub fn simple_entry(date: &str, debit_account: &str, credit_account: &str, amoun
             { "account": credit_account, "credit": amount },
         ]
     })
+}
+
+/// Compiled plugins shared by every test run on this machine: the cache is keyed by the
+/// engine and the component's hash, so sharing it only saves compiling again.
+pub fn compiled_plugins_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join("keel-test-compiled-plugins")
+}
+
+async fn open_state(database: &TestDatabase, compiled_plugins: &std::path::Path) -> AppState {
+    let db = Database::open(&database.location)
+        .await
+        .expect("opening the test database");
+    let companies = Arc::new(
+        Companies::bootstrap(&db, None)
+            .await
+            .expect("bootstrapping the company"),
+    );
+    AppState::new(db, companies, compiled_plugins)
+        .await
+        .expect("the application state")
 }

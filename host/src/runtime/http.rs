@@ -1,0 +1,209 @@
+//! HTTP routes of the plugin runtime: managing installed plugins at `/api/v1/plugins` and
+//! `/api/v1/plugins/{name}`, and passing everything below `/api/v1/plugins/{name}/` to the
+//! plugin itself, after the caller is authenticated and holds `plugins.{name}:use`.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::registry::{COMPONENT_BYTES_MAX, PluginChanges, PluginRequest, PluginView};
+use crate::api::AppState;
+use crate::api::auth::{Authorized, InCompany, need};
+use crate::api::extract::Body;
+use crate::api::problem::Problem;
+use crate::authz::PLUGIN_RESOURCE_PREFIX;
+use crate::error::{Error, Result};
+
+/// The action a caller needs on `plugins.<name>` to reach a plugin's routes.
+pub const USE_ACTION: &str = "use";
+
+/// Request headers a plugin never sees: the caller's credentials stay with the host.
+const WITHHELD_HEADERS: &[&str] = &["authorization", "cookie"];
+
+pub fn router() -> OpenApiRouter<AppState> {
+    let uploads = OpenApiRouter::new()
+        .routes(routes!(list_plugins, install_plugin))
+        .routes(routes!(upgrade_plugin))
+        .layer(DefaultBodyLimit::max(COMPONENT_BYTES_MAX));
+    OpenApiRouter::new()
+        .routes(routes!(get_plugin, change_plugin, uninstall_plugin))
+        .merge(uploads)
+}
+
+/// Installed plugins with their grants, limits and call statistics.
+#[utoipa::path(get, path = "", tag = "plugins",
+    responses((status = 200, body = Vec<PluginView>), (status = 403, body = Problem)))]
+async fn list_plugins(
+    State(state): State<AppState>,
+    auth: Authorized<need::PluginsRead>,
+) -> Result<Json<Vec<PluginView>>> {
+    Ok(Json(state.runtime.list(&auth.company).await?))
+}
+
+/// Install a plugin from its component (`application/wasm`). It starts disabled with nothing
+/// granted: review `requested`, then grant and enable it with PATCH.
+#[utoipa::path(post, path = "", tag = "plugins",
+    request_body(content = Vec<u8>, content_type = "application/wasm", description = "The WebAssembly component"),
+    responses((status = 201, body = PluginView), (status = 409, body = Problem), (status = 422, body = Problem)))]
+async fn install_plugin(
+    State(state): State<AppState>,
+    auth: Authorized<need::PluginsManage>,
+    body: Bytes,
+) -> Result<Response> {
+    let view = state
+        .runtime
+        .install(&auth.company, &body, &auth.origin)
+        .await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// One installed plugin with its grants, limits and call statistics.
+#[utoipa::path(get, path = "/{name}", tag = "plugins", params(("name" = String, Path)),
+    responses((status = 200, body = PluginView), (status = 404, body = Problem)))]
+async fn get_plugin(
+    State(state): State<AppState>,
+    auth: Authorized<need::PluginsRead>,
+    Path(name): Path<String>,
+) -> Result<Json<PluginView>> {
+    Ok(Json(state.runtime.get(&auth.company, &name).await?))
+}
+
+/// Grant capabilities, enable or disable, or override limits. Enabling runs the plugin's
+/// migration first when needed; if it fails, nothing changes.
+#[utoipa::path(patch, path = "/{name}", tag = "plugins", params(("name" = String, Path)),
+    request_body = PluginChanges,
+    responses((status = 200, body = PluginView), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+async fn change_plugin(
+    State(state): State<AppState>,
+    auth: Authorized<need::PluginsManage>,
+    Path(name): Path<String>,
+    Body(changes): Body<PluginChanges>,
+) -> Result<Json<PluginView>> {
+    Ok(Json(
+        state
+            .runtime
+            .change(
+                &auth.company,
+                &name,
+                &changes,
+                Some(auth.principal.user_id),
+                &auth.origin,
+            )
+            .await?,
+    ))
+}
+
+/// Upgrade a plugin to a newer version of its component. Its migration runs in the same
+/// transaction; if it fails, the previous version stays active and its data untouched.
+#[utoipa::path(put, path = "/{name}", tag = "plugins", params(("name" = String, Path)),
+    request_body(content = Vec<u8>, content_type = "application/wasm", description = "The new version's component"),
+    responses((status = 200, body = PluginView), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+async fn upgrade_plugin(
+    State(state): State<AppState>,
+    auth: Authorized<need::PluginsManage>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<PluginView>> {
+    Ok(Json(
+        state
+            .runtime
+            .upgrade(
+                &auth.company,
+                &name,
+                &body,
+                Some(auth.principal.user_id),
+                &auth.origin,
+            )
+            .await?,
+    ))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct UninstallOptions {
+    /// Delete the data of an uninstalled plugin, for good.
+    #[serde(default)]
+    purge: bool,
+}
+
+/// Uninstall a plugin, keeping its data; with `purge=true`, delete the data of a plugin
+/// uninstalled before.
+#[utoipa::path(delete, path = "/{name}", tag = "plugins", params(("name" = String, Path), UninstallOptions),
+    responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
+async fn uninstall_plugin(
+    State(state): State<AppState>,
+    auth: Authorized<need::PluginsManage>,
+    Path(name): Path<String>,
+    crate::api::extract::Params(options): crate::api::extract::Params<UninstallOptions>,
+) -> Result<StatusCode> {
+    if options.purge {
+        state
+            .runtime
+            .purge(&auth.company, &name, &auth.origin)
+            .await?;
+    } else {
+        state
+            .runtime
+            .uninstall(&auth.company, &name, &auth.origin)
+            .await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Everything below `/api/v1/plugins/{name}/`: the plugin's own routes.
+pub async fn plugin_route(
+    State(state): State<AppState>,
+    caller: InCompany,
+    Path((name, path)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response> {
+    let resource = format!("{PLUGIN_RESOURCE_PREFIX}{name}");
+    caller.require(&state, &resource, USE_ACTION).await?;
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .map_err(|error| Error::invalid("body", format!("could not be read: {error}")))?;
+    let headers = parts
+        .headers
+        .iter()
+        .filter(|(name, _)| !WITHHELD_HEADERS.contains(&name.as_str()))
+        .filter_map(|(name, value)| {
+            Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+        })
+        .collect();
+    let request = PluginRequest {
+        method: parts.method.as_str().to_owned(),
+        path: format!("/{path}"),
+        query: parts.uri.query().unwrap_or_default().to_owned(),
+        headers,
+        body: body.to_vec(),
+    };
+    let response = state
+        .runtime
+        .handle_http(
+            &caller.company,
+            &name,
+            caller.principal.user_id,
+            &caller.origin,
+            request,
+        )
+        .await?;
+    let mut reply = Response::new(axum::body::Body::from(response.body));
+    *reply.status_mut() = StatusCode::from_u16(response.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    for (name, value) in response.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            reply.headers_mut().append(name, value);
+        }
+    }
+    Ok(reply)
+}

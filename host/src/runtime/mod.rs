@@ -1,0 +1,421 @@
+//! The plugin runtime: business modules as sandboxed WebAssembly components against the WIT
+//! package `keel:platform@0.1.0` (`wit/keel-platform-0.1.0`).
+//!
+//! One engine with the pooling allocator serves every plugin; each component is compiled once
+//! and kept on disk ([`engine::CompiledCache`]); each installed version has an `InstancePre`,
+//! and every call gets a fresh store (a trap poisons a store, and calls must share nothing),
+//! runs within named [`limits`], and does all its writes in one transaction that commits only
+//! when the call succeeds.
+
+mod bindings;
+mod call;
+pub mod capability;
+pub mod engine;
+pub mod http;
+pub mod limits;
+pub mod registry;
+mod stats;
+mod storage;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wasmtime::Store;
+use wasmtime::component::{Component, Linker};
+
+use crate::authz::Authz;
+use crate::db::{Database, Tx};
+use crate::error::{Error, Result};
+use bindings::{Plugin, PluginPre};
+use call::{CallContext, CallState, Services, Stop};
+pub use stats::PluginStats;
+
+/// The version of the host API this host implements.
+pub const API_VERSION: &str = "0.1.0";
+
+/// Interfaces of the host API a component may import.
+const KEEL_INTERFACES: &[&str] = &[
+    "types",
+    "ledger",
+    "parties",
+    "storage",
+    "authz",
+    "log",
+    "http",
+    "events",
+    "plugin-meta",
+];
+
+/// WASI 0.2 interfaces linked for every plugin (toolchains import them even when the plugin
+/// uses none). They are linked with a context that grants nothing: no files, no environment,
+/// no network; only clocks and randomness answer.
+const WASI_INTERFACES: &[&str] = &[
+    "wasi:io/error",
+    "wasi:io/poll",
+    "wasi:io/streams",
+    "wasi:clocks/wall-clock",
+    "wasi:clocks/monotonic-clock",
+    "wasi:random/random",
+    "wasi:random/insecure",
+    "wasi:random/insecure-seed",
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+    "wasi:filesystem/types",
+    "wasi:filesystem/preopens",
+    "wasi:sockets/network",
+    "wasi:sockets/instance-network",
+    "wasi:sockets/udp",
+    "wasi:sockets/udp-create-socket",
+    "wasi:sockets/tcp",
+    "wasi:sockets/tcp-create-socket",
+    "wasi:sockets/ip-name-lookup",
+];
+
+/// The plugin runtime of a process.
+pub struct Runtime {
+    db: Database,
+    authz: Arc<Authz>,
+    cache: engine::CompiledCache,
+    linker: Linker<CallState>,
+    /// Instantiation templates by component hash.
+    prepared: Mutex<HashMap<String, PluginPre<CallState>>>,
+    stats: stats::Stats,
+    /// Bounds the calls in flight to the instance slots the engine reserved.
+    slots: tokio::sync::Semaphore,
+    /// Components this runtime compiled (rather than loaded from the cache).
+    compilations: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("cache", &self.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a call ended, before the caller decides to commit.
+struct Finished<T> {
+    result: Result<T>,
+    state: CallState,
+}
+
+impl Runtime {
+    /// The runtime, keeping compiled components under `cache_root`.
+    pub fn new(db: Database, authz: Arc<Authz>, cache_root: &Path) -> anyhow::Result<Self> {
+        let mut linker = Linker::new(engine::engine());
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(wasm_error)?;
+        Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |state| state)
+            .map_err(wasm_error)?;
+        Ok(Self {
+            db,
+            authz,
+            cache: engine::CompiledCache::new(cache_root),
+            linker,
+            prepared: Mutex::new(HashMap::new()),
+            stats: stats::Stats::default(),
+            slots: tokio::sync::Semaphore::new(engine::CALLS_IN_FLIGHT_MAX),
+            compilations: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    fn services(&self) -> Services {
+        Services {
+            db: self.db.clone(),
+            authz: self.authz.clone(),
+        }
+    }
+
+    /// The compiled component with this hash: from memory, from the disk cache, or compiled
+    /// from `bytes` (fetched from the database when not given).
+    async fn component(&self, hash: &str, bytes: Option<&[u8]>) -> Result<Component> {
+        let cache = self.cache.clone();
+        let key = hash.to_owned();
+        if let Some(component) = tokio::task::spawn_blocking(move || cache.load(&key))
+            .await
+            .map_err(anyhow::Error::from)?
+        {
+            return Ok(component);
+        }
+        let bytes = match bytes {
+            Some(bytes) => bytes.to_vec(),
+            None => registry::component_bytes(&self.db, hash).await?,
+        };
+        let cache = self.cache.clone();
+        let key = hash.to_owned();
+        self.compilations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || cache.compile(&key, &bytes))
+            .await
+            .map_err(anyhow::Error::from)?
+            .map_err(|error| Error::invalid("component", describe_compile_error(&error)))
+    }
+
+    /// The instantiation template of an installed component.
+    async fn prepared(&self, hash: &str) -> Result<PluginPre<CallState>> {
+        if let Some(pre) = self.lock_prepared().get(hash) {
+            return Ok(pre.clone());
+        }
+        let component = self.component(hash, None).await?;
+        let pre = self.prepare(&component)?;
+        self.lock_prepared().insert(hash.to_owned(), pre.clone());
+        Ok(pre)
+    }
+
+    fn lock_prepared(&self) -> std::sync::MutexGuard<'_, HashMap<String, PluginPre<CallState>>> {
+        self.prepared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Links a component against the host API, naming every import the host does not offer.
+    fn prepare(&self, component: &Component) -> Result<PluginPre<CallState>> {
+        let missing = missing_imports(component);
+        if !missing.is_empty() {
+            return Err(Error::invalid(
+                "component",
+                format!(
+                    "imports what this host does not offer (it serves keel:platform@{API_VERSION}): {}",
+                    missing.join(", ")
+                ),
+            ));
+        }
+        let instance_pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|error| Error::invalid("component", format!("cannot be linked: {error:#}")))?;
+        PluginPre::new(instance_pre).map_err(|error| {
+            Error::invalid(
+                "component",
+                format!(
+                    "is not a Keel plugin (world keel:platform/plugin@{API_VERSION}): {error:#}"
+                ),
+            )
+        })
+    }
+
+    /// Loads every installed, enabled plugin, so that the first request finds it ready: from
+    /// the compiled cache, compiling only what the cache lacks. Returns how many were loaded.
+    pub async fn load_installed(&self) -> Result<usize> {
+        let hashes = registry::enabled_component_hashes(&self.db).await?;
+        for hash in &hashes {
+            self.prepared(hash).await?;
+        }
+        Ok(hashes.len())
+    }
+
+    /// Runs one export on a fresh instance within the plugin's limits. `tx` continues a
+    /// transaction the caller began; otherwise the call begins one when it first needs it.
+    async fn run<T>(
+        &self,
+        pre: &PluginPre<CallState>,
+        context: CallContext,
+        tx: Option<Tx>,
+        export: impl AsyncFnOnce(&Plugin, &mut Store<CallState>) -> wasmtime::Result<T>,
+        reports_error: impl Fn(&T) -> bool,
+    ) -> Finished<T> {
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        let started = Instant::now();
+        let limits = context.limits;
+        let company_id = context.company.id;
+        let plugin = context.plugin.clone();
+        let mut store = Store::new(
+            engine::engine(),
+            CallState::new(context, self.services(), tx),
+        );
+        store.limiter(|state| &mut state.limiter);
+        let outcome = async {
+            store.set_fuel(limits.fuel)?;
+            store.fuel_async_yield_interval(Some(engine::fuel_yield_interval()))?;
+            let instance = pre.instantiate_async(&mut store).await?;
+            export(&instance, &mut store).await
+        };
+        let outcome =
+            tokio::time::timeout(Duration::from_millis(limits.wall_time_ms), outcome).await;
+        let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        let state = store.into_data();
+        let result = match outcome {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(match Stop::of(&state, &error) {
+                Some(stop) => limit_hit(&plugin, &stop, &limits),
+                None => trapped(&plugin, &error),
+            }),
+            Err(_elapsed) => Err(limit_hit(&plugin, &Stop::WallTime, &limits)),
+        };
+        let outcome = match &result {
+            Ok(value) if reports_error(value) => stats::Outcome::Error,
+            Ok(_) => stats::Outcome::Ok,
+            Err(Error::PluginFailed { limit: true, .. }) => stats::Outcome::LimitHit,
+            Err(_) => stats::Outcome::Error,
+        };
+        self.stats
+            .record(company_id, &plugin, outcome, started.elapsed(), fuel_used);
+        Finished { result, state }
+    }
+
+    /// How many components this runtime compiled instead of loading them from the cache.
+    pub fn compilations(&self) -> u64 {
+        self.compilations.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn stats(&self, company_id: i64, plugin: &str) -> PluginStats {
+        self.stats.of(company_id, plugin)
+    }
+}
+
+fn limit_hit(plugin: &str, stop: &Stop, limits: &limits::Limits) -> Error {
+    Error::PluginFailed {
+        plugin: plugin.to_owned(),
+        limit: true,
+        detail: stop.describe(limits),
+    }
+}
+
+fn trapped(plugin: &str, error: &wasmtime::Error) -> Error {
+    if error.downcast_ref::<wasmtime::Trap>().is_none()
+        && error.downcast_ref::<call::Stopped>().is_none()
+    {
+        // A host call failed (the database went away): the host's fault, not the plugin's.
+        tracing::error!(
+            plugin,
+            error = format!("{error:?}"),
+            "a host call of a plugin failed"
+        );
+    }
+    Error::PluginFailed {
+        plugin: plugin.to_owned(),
+        limit: false,
+        detail: format!("trapped: {}", first_line(&format!("{error:#}"))),
+    }
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or(text)
+}
+
+pub(crate) fn wasm_error(error: wasmtime::Error) -> anyhow::Error {
+    anyhow::anyhow!("{error:#}")
+}
+
+/// Says what is wrong with bytes that do not compile as a component.
+fn describe_compile_error(error: &anyhow::Error) -> String {
+    format!(
+        "is not a valid WebAssembly component: {}",
+        first_line(&format!("{error:#}"))
+    )
+}
+
+/// Checks the header before compiling, to tell a core module or another file from a component.
+pub fn check_header(bytes: &[u8]) -> Result<()> {
+    const MAGIC: &[u8] = b"\0asm";
+    const COMPONENT_LAYER: [u8; 4] = [0x0d, 0x00, 0x01, 0x00];
+    if bytes.len() < 8 || &bytes[..4] != MAGIC {
+        return Err(Error::invalid(
+            "component",
+            "is not a WebAssembly file (it does not start with \\0asm)",
+        ));
+    }
+    if bytes[4..8] != COMPONENT_LAYER {
+        return Err(Error::invalid(
+            "component",
+            "is a core WebAssembly module, not a component: build it for wasm32-wasip2, with \
+             componentize-py or componentize-js, or wrap it with `wasm-tools component new`",
+        ));
+    }
+    Ok(())
+}
+
+/// The component's imports the host does not offer.
+fn missing_imports(component: &Component) -> Vec<String> {
+    let engine = engine::engine();
+    component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name.to_owned())
+        .filter(|name| !offered(name))
+        .collect()
+}
+
+/// Whether the host links an import of this name (semver-compatible versions included).
+fn offered(name: &str) -> bool {
+    let (interface, version) = name.split_once('@').unwrap_or((name, ""));
+    if let Some(keel) = interface.strip_prefix("keel:platform/") {
+        return KEEL_INTERFACES.contains(&keel) && compatible(version, API_VERSION);
+    }
+    WASI_INTERFACES.contains(&interface) && version.starts_with("0.2.")
+}
+
+/// Semver compatibility as the linker applies it: same major, and for 0.x the same minor;
+/// the host must be at least as new.
+fn compatible(wanted: &str, offered: &str) -> bool {
+    let parse = |v: &str| -> Option<(u64, u64, u64)> {
+        let mut parts = v.split('.').map(|p| p.parse::<u64>().ok());
+        Some((parts.next()??, parts.next()??, parts.next()??))
+    };
+    match (parse(wanted), parse(offered)) {
+        (Some(w), Some(o)) if w.0 == 0 => o.0 == 0 && o.1 == w.1 && o.2 >= w.2,
+        (Some(w), Some(o)) => o.0 == w.0 && (o.1, o.2) >= (w.1, w.2),
+        _ => false,
+    }
+}
+
+/// The version of the host API a component was built against: the newest keel:platform
+/// version among its imports (a plugin that imports nothing from Keel runs on any 0.1 host).
+fn api_version_of(component: &Component) -> String {
+    component
+        .component_type()
+        .imports(engine::engine())
+        .filter_map(|(name, _)| {
+            let (interface, version) = name.split_once('@')?;
+            interface
+                .starts_with("keel:platform/")
+                .then(|| version.to_owned())
+        })
+        .max_by_key(|version| {
+            version
+                .split('.')
+                .map(|p| p.parse::<u64>().unwrap_or(0))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_else(|| API_VERSION.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imports_match_by_semver() {
+        assert!(offered("keel:platform/ledger@0.1.0"));
+        assert!(!offered("keel:platform/ledger@0.2.0"));
+        assert!(!offered("keel:platform/ledger@0.1.1"));
+        assert!(!offered("keel:platform/payroll@0.1.0"));
+        assert!(offered("wasi:io/streams@0.2.6"));
+        assert!(!offered("wasi:http/outgoing-handler@0.2.6"));
+        assert!(compatible("1.2.0", "1.3.1"));
+        assert!(!compatible("1.4.0", "1.3.1"));
+    }
+
+    #[test]
+    fn the_header_tells_modules_and_other_files_from_components() {
+        assert!(check_header(b"\0asm\x0d\x00\x01\x00rest").is_ok());
+        let module = check_header(b"\0asm\x01\x00\x00\x00").expect_err("a core module");
+        assert!(module.to_string().contains("core WebAssembly module"));
+        let text = check_header(b"hello, world").expect_err("not wasm");
+        assert!(text.to_string().contains("not a WebAssembly file"));
+    }
+}

@@ -1,0 +1,264 @@
+//! Write Keel plugins in Rust.
+//!
+//! A plugin is a WebAssembly component for the world `keel:platform/plugin@0.1.0`. This crate
+//! generates the bindings and puts a small API in front of them: typed [`storage`] with serde,
+//! [`money`] conversions to `rust_decimal`, an HTTP [`Router`], the [`Error`] every host call
+//! and export returns, and the [`export!`] macro.
+//!
+//! ```no_run
+//! use keel_sdk::{Error, Manifest, Plugin, Request, Response, Router};
+//!
+//! struct Hello;
+//!
+//! impl Plugin for Hello {
+//!     fn manifest() -> Manifest {
+//!         Manifest::new("hello", "1.0.0", "Says hello").capabilities(&["storage"])
+//!     }
+//!
+//!     fn handle_http(request: Request) -> Response {
+//!         Router::new()
+//!             .get("/greeting", |_request, _params| Ok(Response::json(200, "hello")))
+//!             .handle(request)
+//!     }
+//! }
+//!
+//! keel_sdk::export!(Hello);
+//! ```
+//!
+//! Build with `cargo build --release --target wasm32-wasip2`, then
+//! `keel plugin install target/wasm32-wasip2/release/hello.wasm`.
+
+pub mod money;
+pub mod router;
+pub mod storage;
+
+#[doc(hidden)]
+#[allow(
+    unsafe_code,
+    reason = "the generated canonical-ABI glue is unsafe by nature"
+)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "generated code mirrors the WIT signatures"
+)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "plugin",
+        path: "../wit/keel-platform-0.1.0",
+        pub_export_macro: true,
+        export_macro_name: "export_bindings",
+        default_bindings_module: "keel_sdk::bindings",
+        generate_all,
+    });
+}
+
+pub use bindings::keel::platform::events::Event;
+pub use bindings::keel::platform::http::{Header, Request, Response};
+pub use bindings::keel::platform::plugin_meta::PluginManifest as Manifest;
+pub use bindings::keel::platform::types::{Error, FieldError};
+pub use bindings::keel::platform::{authz, ledger, log, parties};
+pub use router::Router;
+
+/// A plugin's exports. Only `manifest` is required; the others answer "not supported".
+pub trait Plugin {
+    /// Name, version, description and the capabilities the plugin asks for.
+    fn manifest() -> Manifest;
+
+    /// Brings the plugin's data from version `from` (none on first enable) to this one. Runs
+    /// in one transaction: on an error nothing it wrote is kept.
+    fn migrate(_from: Option<String>) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// Answers a request under `/api/v1/plugins/<name>/`. A status of 400 or more rolls back
+    /// everything the call wrote.
+    fn handle_http(_request: Request) -> Response {
+        Response::problem(404, "this plugin has no HTTP routes")
+    }
+
+    /// Handles an event the plugin subscribed to.
+    fn on_event(_event: Event) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// An operation the host or other plugins call with JSON input.
+    fn invoke(operation: String, _input: String) -> Result<String, Error> {
+        Err(Error::NotFound(format!("no operation {operation:?}")))
+    }
+}
+
+/// Exports a type implementing [`Plugin`] as the component's exports.
+#[macro_export]
+macro_rules! export {
+    ($plugin:ty) => {
+        #[allow(
+            unsafe_code,
+            reason = "the generated canonical-ABI glue is unsafe by nature"
+        )]
+        const _: () = {
+            struct KeelExports;
+            impl $crate::bindings::Guest for KeelExports {
+                fn manifest() -> $crate::Manifest {
+                    <$plugin as $crate::Plugin>::manifest()
+                }
+                fn migrate(from: Option<String>) -> Result<(), $crate::Error> {
+                    <$plugin as $crate::Plugin>::migrate(from)
+                }
+                fn handle_http(request: $crate::Request) -> $crate::Response {
+                    <$plugin as $crate::Plugin>::handle_http(request)
+                }
+                fn on_event(event: $crate::Event) -> Result<(), $crate::Error> {
+                    <$plugin as $crate::Plugin>::on_event(event)
+                }
+                fn invoke(operation: String, input: String) -> Result<String, $crate::Error> {
+                    <$plugin as $crate::Plugin>::invoke(operation, input)
+                }
+            }
+    $crate::bindings::export_bindings!(KeelExports with_types_in $crate::bindings);
+        };
+    };
+}
+
+impl Manifest {
+    pub fn new(name: &str, version: &str, description: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            description: description.to_owned(),
+            capabilities: Vec::new(),
+            subscriptions: Vec::new(),
+        }
+    }
+
+    /// Host capabilities: `ledger:read`, `ledger:post`, `parties:read`, `parties:write`,
+    /// `storage`.
+    pub fn capabilities(mut self, capabilities: &[&str]) -> Self {
+        self.capabilities = capabilities.iter().map(|c| (*c).to_owned()).collect();
+        self
+    }
+
+    pub fn subscriptions(mut self, topics: &[&str]) -> Self {
+        self.subscriptions = topics.iter().map(|t| (*t).to_owned()).collect();
+        self
+    }
+}
+
+impl Error {
+    /// One invalid field.
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self::Invalid(vec![FieldError {
+            field: field.to_owned(),
+            message: message.into(),
+        }])
+    }
+
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::NotFound(_) => 404,
+            Self::Invalid(_) => 422,
+            Self::Denied(_) => 403,
+            Self::Conflict(_) => 409,
+            Self::LimitExceeded(_) => 429,
+            Self::Internal(_) => 500,
+        }
+    }
+
+    /// What went wrong, in one sentence.
+    pub fn detail(&self) -> String {
+        match self {
+            Self::NotFound(m)
+            | Self::Denied(m)
+            | Self::Conflict(m)
+            | Self::LimitExceeded(m)
+            | Self::Internal(m) => m.clone(),
+            Self::Invalid(errors) => errors
+                .iter()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .collect::<Vec<_>>()
+                .join("; "),
+        }
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(error: serde_json::Error) -> Self {
+        Self::invalid("body", format!("is not the JSON expected: {error}"))
+    }
+}
+
+impl Request {
+    /// The body parsed as JSON into `T`; an invalid body is a 422 naming the field.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
+        Ok(serde_json::from_slice(&self.body)?)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value.as_str())
+    }
+}
+
+impl Response {
+    /// A JSON response.
+    pub fn json<T: serde::Serialize + ?Sized>(status: u16, value: &T) -> Self {
+        match serde_json::to_vec(value) {
+            Ok(body) => Self {
+                status,
+                headers: vec![Header {
+                    name: "content-type".to_owned(),
+                    value: "application/json".to_owned(),
+                }],
+                body,
+            },
+            Err(error) => Self::problem(
+                500,
+                &format!("the response could not be serialized: {error}"),
+            ),
+        }
+    }
+
+    /// An RFC 9457 problem response.
+    pub fn problem(status: u16, detail: &str) -> Self {
+        let body = serde_json::json!({ "status": status, "detail": detail });
+        Self {
+            status,
+            headers: vec![Header {
+                name: "content-type".to_owned(),
+                value: "application/problem+json".to_owned(),
+            }],
+            body: body.to_string().into_bytes(),
+        }
+    }
+
+    /// The problem response for an error, with the invalid fields listed.
+    pub fn error(error: &Error) -> Self {
+        let mut body = serde_json::json!({ "status": error.status(), "detail": error.detail() });
+        if let Error::Invalid(errors) = error {
+            body["errors"] = errors
+                .iter()
+                .map(|e| serde_json::json!({ "field": e.field, "message": e.message }))
+                .collect();
+        }
+        Self {
+            status: error.status(),
+            headers: vec![Header {
+                name: "content-type".to_owned(),
+                value: "application/problem+json".to_owned(),
+            }],
+            body: body.to_string().into_bytes(),
+        }
+    }
+}
+
+/// Whether the user the call acts for holds `permission` (`resource:action`).
+pub fn allowed(permission: &str) -> bool {
+    authz::allowed(permission)
+}
+
+/// The user the call acts for, if any.
+pub fn user_id() -> Option<i64> {
+    authz::principal().user_id
+}

@@ -1,0 +1,89 @@
+//! The plugin's own records: typed collections of JSON values under string keys, written in
+//! the call's transaction. Needs the capability `storage`.
+
+use std::marker::PhantomData;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::Error;
+use crate::bindings::keel::platform::storage as host;
+
+/// Items fetched per host call when iterating.
+const PAGE_ITEMS: u32 = 500;
+
+/// A collection of records of type `T`.
+#[derive(Debug, Clone, Copy)]
+pub struct Collection<T> {
+    name: &'static str,
+    records: PhantomData<fn() -> T>,
+}
+
+impl<T: Serialize + DeserializeOwned> Collection<T> {
+    pub const fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            records: PhantomData,
+        }
+    }
+
+    pub fn put(&self, key: &str, value: &T) -> Result<(), Error> {
+        let json = serde_json::to_string(value)
+            .map_err(|e| Error::Internal(format!("serializing a record: {e}")))?;
+        host::put(self.name, key, &json)
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<T>, Error> {
+        host::get(self.name, key)?
+            .map(|json| decode(self.name, &json))
+            .transpose()
+    }
+
+    /// Removes the record; true when there was one.
+    pub fn delete(&self, key: &str) -> Result<bool, Error> {
+        host::delete(self.name, key)
+    }
+
+    /// Records with keys from `start` (inclusive) to `end` (exclusive), in key order, at most
+    /// `limit` after the key `after`.
+    pub fn range(
+        &self,
+        start: Option<&str>,
+        end: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, T)>, Error> {
+        let range = host::KeyRange {
+            start: start.map(str::to_owned),
+            end: end.map(str::to_owned),
+            after: after.map(str::to_owned),
+            limit: Some(limit),
+        };
+        host::query(self.name, &range)?
+            .into_iter()
+            .map(|item| Ok((item.key, decode(self.name, &item.value)?)))
+            .collect()
+    }
+
+    /// Every record, in key order, fetched a page at a time.
+    pub fn all(&self) -> Result<Vec<(String, T)>, Error> {
+        let mut all = Vec::new();
+        loop {
+            let after = all.last().map(|(key, _): &(String, T)| key.clone());
+            let page = self.range(None, None, after.as_deref(), PAGE_ITEMS)?;
+            let done = page.len() < PAGE_ITEMS as usize;
+            all.extend(page);
+            if done {
+                return Ok(all);
+            }
+        }
+    }
+}
+
+fn decode<T: DeserializeOwned>(collection: &str, json: &str) -> Result<T, Error> {
+    serde_json::from_str(json).map_err(|e| {
+        Error::Internal(format!(
+            "a record of {collection} does not have the expected shape: {e}"
+        ))
+    })
+}
