@@ -306,3 +306,124 @@ async fn the_cli_imports_and_exports_parties_on_sqlite() {
 async fn the_cli_imports_and_exports_parties_on_postgres() {
     the_cli_imports_and_exports_parties(TestDatabase::postgres().await).await;
 }
+
+fn workspace_file(relative: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(relative);
+    assert!(
+        path.exists(),
+        "{} is missing; build the plugins first with scripts/build-plugins",
+        path.display()
+    );
+    path.display().to_string()
+}
+
+async fn the_cli_manages_and_tests_plugins(database: TestDatabase) {
+    let expenses = workspace_file("target/wasm32-wasip2/plugin/expenses_rust.wasm");
+    let installed = keel(&["plugin", "install", &expenses], &database);
+    assert!(installed.status.success(), "{}", stderr(&installed));
+    assert!(
+        stdout(&installed).contains("keel plugin grant expenses ledger:post storage"),
+        "{}",
+        stdout(&installed)
+    );
+    let too_much = keel(&["plugin", "grant", "expenses", "parties:write"], &database);
+    assert_eq!(too_much.status.code(), Some(1));
+    assert!(
+        stderr(&too_much).contains("does not ask for parties:write"),
+        "{}",
+        stderr(&too_much)
+    );
+    let granted = keel(
+        &["plugin", "grant", "expenses", "storage", "ledger:post"],
+        &database,
+    );
+    assert!(granted.status.success(), "{}", stderr(&granted));
+    let enabled = keel(&["plugin", "enable", "expenses"], &database);
+    assert!(enabled.status.success(), "{}", stderr(&enabled));
+    let listed = keel(&["plugin", "list"], &database);
+    assert!(
+        stdout(&listed).contains("expenses 1.0.0 (Enabled"),
+        "{}",
+        stdout(&listed)
+    );
+    let not_wasm = keel(
+        &["plugin", "install", &workspace_file("README.md")],
+        &database,
+    );
+    assert_eq!(not_wasm.status.code(), Some(1));
+    assert!(
+        stderr(&not_wasm).contains("not a WebAssembly file"),
+        "{}",
+        stderr(&not_wasm)
+    );
+    let uninstalled = keel(&["plugin", "uninstall", "expenses"], &database);
+    assert!(
+        stdout(&uninstalled).contains("its data is kept"),
+        "{}",
+        stdout(&uninstalled)
+    );
+    let purged = keel(&["plugin", "purge", "expenses"], &database);
+    assert!(purged.status.success(), "{}", stderr(&purged));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_manages_and_tests_plugins_on_sqlite() {
+    the_cli_manages_and_tests_plugins(TestDatabase::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_manages_and_tests_plugins_on_postgres() {
+    the_cli_manages_and_tests_plugins(TestDatabase::postgres().await).await;
+}
+
+#[test]
+fn keel_plugin_test_runs_a_scenario_on_a_throwaway_host() {
+    let scenario = workspace_file("examples/expenses.scenario.jsonl");
+    for component in [
+        "target/wasm32-wasip2/plugin/expenses_rust.wasm",
+        "target/plugins-js/expenses.wasm",
+    ] {
+        let output = std::process::Command::new(process::keel_binary())
+            .args(["plugin", "test", &workspace_file(component), &scenario])
+            .env("KEEL_LOG", "warn")
+            .output()
+            .expect("running keel");
+        assert!(
+            output.status.success(),
+            "{component}: {}{}",
+            stdout(&output),
+            stderr(&output)
+        );
+        assert!(
+            stdout(&output).contains("ok: line 8: GET /claims -> 200"),
+            "{}",
+            stdout(&output)
+        );
+    }
+
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let wrong = dir.path().join("wrong.jsonl");
+    std::fs::write(
+        &wrong,
+        r#"{"method": "GET", "path": "/claims", "status": 200, "expect": {"claims": [{"id": 1}]}}"#,
+    )
+    .expect("writing the scenario");
+    let output = std::process::Command::new(process::keel_binary())
+        .args([
+            "plugin",
+            "test",
+            &workspace_file("target/wasm32-wasip2/plugin/expenses_rust.wasm"),
+            &wrong.display().to_string(),
+        ])
+        .env("KEEL_LOG", "warn")
+        .output()
+        .expect("running keel");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stdout(&output).contains("FAILED: line 1"),
+        "{}",
+        stdout(&output)
+    );
+}

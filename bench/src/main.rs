@@ -3,7 +3,10 @@
 //! * batch ingest of two-line entries through `POST /api/v1/ledger/entries:batch`;
 //! * single-entry `POST /api/v1/ledger/entries` from many concurrent clients;
 //! * `GET /api/v1/ledger/trial-balance` over a large ledger;
-//! * resident memory of the idle server.
+//! * resident memory of the idle server;
+//! * with `--plugin FILE`, instead: a plugin's HTTP route, the expense-claims example's
+//!   `GET /api/v1/plugins/expenses/claims/1` (a storage read) and `POST .../claims` (a storage
+//!   write), from many concurrent clients.
 //!
 //! `cargo run --release -p keel-bench -- --keel target/release/keel` (SQLite), add
 //! `--postgres-url postgres://user@host/postgres` to measure PostgreSQL instead. The results
@@ -61,6 +64,9 @@ struct Args {
     /// Stop after the batch-ingest measurement (for profiling one path).
     #[arg(long)]
     only_batch: bool,
+    /// Measure only the routes of this expense-claims component (any language).
+    #[arg(long)]
+    plugin: Option<PathBuf>,
 }
 
 /// A `keel serve` child process on a fresh database.
@@ -331,9 +337,20 @@ impl RawConnection {
         headers: &str,
         body: &[u8],
     ) -> anyhow::Result<(u16, Vec<u8>)> {
+        self.send("POST", path, headers, body).await
+    }
+
+    /// Sends one request and returns the response status and body.
+    async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &str,
+        body: &[u8],
+    ) -> anyhow::Result<(u16, Vec<u8>)> {
         use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
         let mut request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{headers}\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{headers}\r\n",
             self.host,
             body.len()
         )
@@ -453,6 +470,9 @@ async fn main() -> anyhow::Result<()> {
         server.resident_bytes()? as f64 / 1e6
     );
 
+    if let Some(plugin) = &args.plugin {
+        return plugin_routes(&http, &server, plugin, &args).await;
+    }
     set_up_chart(&http, &server, args.accounts).await?;
     let rate = ingest(&http, &server, &args, 0, args.batch_entries).await?;
     println!(
@@ -534,4 +554,123 @@ async fn main() -> anyhow::Result<()> {
         server.resident_bytes()? as f64 / 1e6
     );
     Ok(())
+}
+
+/// Installs the expense-claims component, enables it, and measures one reading and one
+/// writing route of it from `args.clients` clients.
+async fn plugin_routes(
+    http: &reqwest::Client,
+    server: &Server,
+    plugin: &std::path::Path,
+    args: &Args,
+) -> anyhow::Result<()> {
+    let bytes = std::fs::read(plugin).with_context(|| format!("reading {}", plugin.display()))?;
+    let installed = check(
+        http.post(server.url("/api/v1/plugins"))
+            .body(bytes)
+            .send()
+            .await?,
+        "installing the plugin",
+    )
+    .await?;
+    let name = installed["name"]
+        .as_str()
+        .context("a plugin name")?
+        .to_owned();
+    check(
+        http.patch(server.url(&format!("/api/v1/plugins/{name}")))
+            .json(&json!({ "granted": installed["requested"], "status": "enabled" }))
+            .send()
+            .await?,
+        "enabling the plugin",
+    )
+    .await?;
+    let claim = json!({ "description": "Bench", "amount": "12.50", "date": "2025-06-01" });
+    check(
+        http.post(server.url(&format!("/api/v1/plugins/{name}/claims")))
+            .json(&claim)
+            .send()
+            .await?,
+        "submitting a claim",
+    )
+    .await?;
+    println!(
+        "plugin: {} ({} bytes)",
+        plugin.display(),
+        std::fs::metadata(plugin)?.len()
+    );
+    let body = serde_json::to_vec(&claim)?;
+    for (method, path, body, expected) in [
+        (
+            "GET",
+            format!("/api/v1/plugins/{name}/claims/1"),
+            Vec::new(),
+            200,
+        ),
+        ("POST", format!("/api/v1/plugins/{name}/claims"), body, 201),
+    ] {
+        let result = hammer(server, args, method, &path, &body, expected).await?;
+        println!(
+            "{method} {path}, {} clients: {:.0} requests/s (latency p50 {:.2} ms, p99 {:.2} ms)",
+            args.clients,
+            result.per_second,
+            result.p50.as_secs_f64() * 1e3,
+            result.p99.as_secs_f64() * 1e3
+        );
+    }
+    println!(
+        "resident memory after the run: {:.1} MB",
+        server.resident_bytes()? as f64 / 1e6
+    );
+    Ok(())
+}
+
+/// `args.clients` clients each send one request at a time for `args.single_seconds`.
+async fn hammer(
+    server: &Server,
+    args: &Args,
+    method: &'static str,
+    path: &str,
+    body: &[u8],
+    expected: u16,
+) -> anyhow::Result<SingleResult> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..args.clients {
+        let (stop, done, base) = (stop.clone(), done.clone(), server.base.clone());
+        let headers = format!("Authorization: Bearer {}\r\n", server.token);
+        let (path, body) = (path.to_owned(), body.to_vec());
+        tasks.push(tokio::spawn(async move {
+            let mut connection = RawConnection::open(&base).await?;
+            let mut latencies = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let (status, reply) = connection.send(method, &path, &headers, &body).await?;
+                ensure!(
+                    status == expected,
+                    "{method} {path} answered {status}: {}",
+                    String::from_utf8_lossy(&reply)
+                );
+                latencies.push(started.elapsed());
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.single_seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    Ok(SingleResult {
+        posted: latencies.len(),
+        per_second: done.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64(),
+        p50: latencies[latencies.len() / 2],
+        p99: latencies[latencies.len() * 99 / 100],
+    })
 }

@@ -263,6 +263,14 @@ enum PluginCommand {
     Uninstall { name: String },
     /// Delete the data of an uninstalled plugin, for good.
     Purge { name: String },
+    /// Test a plugin on a throwaway host (SQLite in a temporary folder, default chart, the
+    /// plugin granted what it asks for and enabled), then run a scenario: one JSON object per
+    /// line, `{"method": "POST", "path": "/claims", "body": {...}, "status": 201, "expect":
+    /// {...}}`. Exit code 1 when a step fails.
+    Test {
+        file: PathBuf,
+        scenario: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -412,6 +420,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             db.close().await;
             result
         }
+        Command::Plugin {
+            command: PluginCommand::Test { file, scenario },
+            ..
+        } => plugin_test(&file, scenario.as_deref()).await,
         Command::Plugin {
             database,
             company,
@@ -1329,6 +1341,63 @@ async fn plugin_command(
             let records = runtime.purge(company, &name, &origin).await?;
             println!("Purged {name}: {records} records deleted.");
         }
+        PluginCommand::Test { .. } => unreachable!("runs without a database"),
     }
+    Ok(())
+}
+
+async fn plugin_test(
+    file: &std::path::Path,
+    scenario: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use crate::testing::{PluginHost, Step, contains};
+    let component = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let host = PluginHost::start(&component).await?;
+    let plugin = host.plugin();
+    println!(
+        "ok: {} {} installed, granted {}, enabled (migration ran)",
+        plugin.name,
+        plugin.version,
+        plugin
+            .granted
+            .iter()
+            .map(|c| c.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let Some(scenario) = scenario else {
+        return Ok(());
+    };
+    let text = std::fs::read_to_string(scenario)
+        .with_context(|| format!("reading {}", scenario.display()))?;
+    let mut failures = 0;
+    for (number, line) in text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let step: Step = serde_json::from_str(line)
+            .with_context(|| format!("{}:{number}: not a scenario step", scenario.display()))?;
+        let (status, body) = host
+            .request(&step.method, &step.path, step.body.as_ref())
+            .await?;
+        let matched = status == step.status
+            && step
+                .expect
+                .as_ref()
+                .is_none_or(|expected| contains(&body, expected));
+        if matched {
+            println!(
+                "ok: line {number}: {} {} -> {status}",
+                step.method, step.path
+            );
+        } else {
+            failures += 1;
+            println!(
+                "FAILED: line {number}: {} {} -> {status} (expected {}): {body}",
+                step.method, step.path, step.status
+            );
+        }
+    }
+    anyhow::ensure!(failures == 0, "{failures} scenario steps failed");
     Ok(())
 }

@@ -14,3 +14,4 @@ pub mod identity;
 pub mod ledger;
 pub mod parties;
 pub mod runtime;
+pub mod testing;

@@ -270,6 +270,42 @@ async fn expense_claims_work(app: &TestApp, bytes: Vec<u8>) {
         .await;
     assert_eq!(missing.status, 404);
 
+    // Exactly once: a replayed key returns the first answer and submits nothing twice.
+    let bearer = format!("Bearer {employee}");
+    let keyed = async |body: &Value| {
+        app.request(
+            Method::POST,
+            "/api/v1/plugins/expenses/claims",
+            &[
+                ("authorization", &bearer),
+                ("idempotency-key", "taxi-2025-03-11"),
+            ],
+            Some(body.to_string().into_bytes()),
+        )
+        .await
+    };
+    let taxi = json!({ "description": "Taxi", "amount": "18.40", "date": "2025-03-11" });
+    let first = keyed(&taxi).await;
+    assert_eq!(first.status, 201, "{}", first.text);
+    assert_eq!(first.body["id"], 3);
+    let replayed = keyed(&taxi).await;
+    assert_eq!(
+        (replayed.status, &replayed.body),
+        (first.status, &first.body)
+    );
+    let reused =
+        keyed(&json!({ "description": "Taxi", "amount": "81.40", "date": "2025-03-11" })).await;
+    assert_eq!(reused.status, 409, "{}", reused.text);
+    let claims = app
+        .as_user(
+            &employee,
+            Method::GET,
+            "/api/v1/plugins/expenses/claims",
+            None,
+        )
+        .await;
+    assert_eq!(claims.body["claims"].as_array().expect("claims").len(), 3);
+
     let company = app.state.companies.default_company();
     let summary = app
         .state
@@ -287,6 +323,7 @@ async fn expense_claims_work(app: &TestApp, bytes: Vec<u8>) {
     let summary: Value = serde_json::from_str(&summary).expect("JSON");
     assert_eq!(summary["approved"], json!({ "count": 1, "total": "42.5" }));
     assert_eq!(summary["rejected"], json!({ "count": 1, "total": "42.5" }));
+    assert_eq!(summary["submitted"], json!({ "count": 1, "total": "18.4" }));
 
     // Every change the plugin made is in the audit trail under its name.
     let audit = app.get("/api/v1/audit?limit=500").await;
@@ -312,6 +349,14 @@ async fn expense_claims_work(app: &TestApp, bytes: Vec<u8>) {
 on_both_backends! {
     async fn the_rust_expense_module_works_end_to_end(app: TestApp) {
         expense_claims_work(&app, rust_plugin("expenses_rust")).await;
+    }
+
+    async fn the_python_expense_module_works_end_to_end(app: TestApp) {
+        expense_claims_work(&app, component("plugins-python/expenses.wasm")).await;
+    }
+
+    async fn the_javascript_expense_module_works_end_to_end(app: TestApp) {
+        expense_claims_work(&app, component("plugins-js/expenses.wasm")).await;
     }
 
     async fn faults_are_contained_counted_and_the_host_keeps_serving(app: TestApp) {

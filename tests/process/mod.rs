@@ -25,6 +25,12 @@ pub fn keel(args: &[&str], database: &TestDatabase) -> Output {
     command
         .args(args)
         .args(database.cli_args())
+        // On PostgreSQL the data directory still holds compiled plugins: keep it out of the
+        // working tree (on SQLite, --data-dir names the test's own folder).
+        .env(
+            "KEEL_DATA_DIR",
+            std::env::temp_dir().join("keel-test-cli-data"),
+        )
         .env("KEEL_LOG", "warn");
     command.output().expect("running keel")
 }
@@ -79,6 +85,10 @@ impl Server {
         let mut child = Command::new(keel_binary())
             .args(["serve", "--addr", "127.0.0.1:0"])
             .args(database.cli_args())
+            .env(
+                "KEEL_DATA_DIR",
+                std::env::temp_dir().join("keel-test-cli-data"),
+            )
             .env("KEEL_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -5,20 +5,22 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::registry::{COMPONENT_BYTES_MAX, PluginChanges, PluginRequest, PluginView};
 use crate::api::AppState;
-use crate::api::auth::{Authorized, InCompany, need};
-use crate::api::extract::Body;
+use crate::api::auth::{Authorized, InCompany, need, principal_key};
+use crate::api::extract::{Body, IdempotencyKey};
 use crate::api::problem::Problem;
 use crate::authz::PLUGIN_RESOURCE_PREFIX;
 use crate::error::{Error, Result};
+use crate::idempotency::{RequestKey, fingerprint};
 
 /// The action a caller needs on `plugins.<name>` to reach a plugin's routes.
 pub const USE_ACTION: &str = "use";
@@ -162,6 +164,7 @@ pub async fn plugin_route(
     State(state): State<AppState>,
     caller: InCompany,
     Path((name, path)): Path<(String, String)>,
+    key: IdempotencyKey,
     request: Request,
 ) -> Result<Response> {
     let resource = format!("{PLUGIN_RESOURCE_PREFIX}{name}");
@@ -185,6 +188,21 @@ pub async fn plugin_route(
         headers,
         body: body.to_vec(),
     };
+    // Reads are not recorded: only a request that may change something is made exactly-once.
+    let key = key
+        .0
+        .filter(|_| !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS))
+        .map(|key| RequestKey {
+            principal: principal_key(&caller.principal),
+            fingerprint: fingerprint(
+                &format!(
+                    "{} /plugins/{name}/{path}?{}",
+                    request.method, request.query
+                ),
+                &hex::encode(Sha256::digest(&request.body)),
+            ),
+            key,
+        });
     let response = state
         .runtime
         .handle_http(
@@ -193,6 +211,7 @@ pub async fn plugin_route(
             caller.principal.user_id,
             &caller.origin,
             request,
+            key,
         )
         .await?;
     let mut reply = Response::new(axum::body::Body::from(response.body));
@@ -204,6 +223,11 @@ pub async fn plugin_route(
         ) {
             reply.headers_mut().append(name, value);
         }
+    }
+    if response.replayed {
+        reply
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(reply)
 }

@@ -244,8 +244,12 @@ impl Runtime {
             let instance = pre.instantiate_async(&mut store).await?;
             export(&instance, &mut store).await
         };
-        let outcome =
-            tokio::time::timeout(Duration::from_millis(limits.wall_time_ms), outcome).await;
+        let span = tracing::info_span!("plugin call", plugin = %plugin, company = company_id);
+        let outcome = tokio::time::timeout(
+            Duration::from_millis(limits.wall_time_ms),
+            tracing::Instrument::instrument(outcome, span),
+        )
+        .await;
         let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
         let state = store.into_data();
         let result = match outcome {
@@ -262,8 +266,18 @@ impl Runtime {
             Err(Error::PluginFailed { limit: true, .. }) => stats::Outcome::LimitHit,
             Err(_) => stats::Outcome::Error,
         };
+        let elapsed = started.elapsed();
+        let label = match outcome {
+            stats::Outcome::Ok => "ok",
+            stats::Outcome::Error => "error",
+            stats::Outcome::LimitHit => "limit",
+        };
+        metrics::counter!("keel_plugin_calls_total", "plugin" => plugin.clone(), "outcome" => label)
+            .increment(1);
+        metrics::histogram!("keel_plugin_call_duration_seconds", "plugin" => plugin.clone())
+            .record(elapsed.as_secs_f64());
         self.stats
-            .record(company_id, &plugin, outcome, started.elapsed(), fuel_used);
+            .record(company_id, &plugin, outcome, elapsed, fuel_used);
         Finished { result, state }
     }
 

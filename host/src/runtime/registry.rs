@@ -20,6 +20,7 @@ use crate::audit::{self, Event, Origin};
 use crate::company::Company;
 use crate::db::{Database, Tx, UniqueConstraint};
 use crate::error::{Error, FieldError, Result};
+use crate::idempotency::{self, RequestKey, StoredResponse};
 use crate::on_conn;
 
 /// Largest component accepted: a Python plugin is about 20 MB, a JavaScript one 2 to 12 MB.
@@ -152,6 +153,35 @@ pub struct PluginResponse {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// True when this is the stored answer to an earlier request with the same key.
+    pub replayed: bool,
+}
+
+/// A plugin's answer as the idempotency record keeps it: headers and the body's bytes.
+fn stored(response: &PluginResponse) -> StoredResponse {
+    use base64::Engine as _;
+    StoredResponse::new(
+        response.status,
+        json!({
+            "headers": response.headers,
+            "body": base64::engine::general_purpose::STANDARD.encode(&response.body),
+        }),
+    )
+}
+
+fn replay(stored: StoredResponse) -> Result<PluginResponse> {
+    use base64::Engine as _;
+    let headers = serde_json::from_value(stored.body["headers"].clone())
+        .map_err(|e| anyhow::anyhow!("a stored plugin response without headers: {e}"))?;
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(stored.body["body"].as_str().unwrap_or_default())
+        .map_err(|e| anyhow::anyhow!("a stored plugin response without a body: {e}"))?;
+    Ok(PluginResponse {
+        status: stored.status,
+        headers,
+        body,
+        replayed: true,
+    })
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -381,24 +411,7 @@ impl Runtime {
         let hash = sha256_hex(bytes);
         let component = self.component(&hash, Some(bytes)).await?;
         let pre = self.prepare(&component)?;
-        let context = CallContext {
-            company: company.clone(),
-            plugin: "(being installed)".to_owned(),
-            granted: Vec::new(),
-            user: None,
-            origin: Origin::system(),
-            limits: DEFAULT_LIMITS,
-        };
-        let finished = self
-            .run(
-                &pre,
-                context,
-                None,
-                async |plugin, store| plugin.call_manifest(store).await,
-                |_| false,
-            )
-            .await;
-        let manifest = finished.result?;
+        let manifest = self.read_manifest(company, &pre).await?;
         let mut errors = Vec::new();
         if let Err(message) = check_name(&manifest.name) {
             errors.push(FieldError::new("manifest.name", message));
@@ -439,6 +452,39 @@ impl Runtime {
             subscriptions: manifest.subscriptions,
             pre,
         })
+    }
+
+    /// Calls `manifest` on a fresh instance, with nothing granted and no user.
+    async fn read_manifest(
+        &self,
+        company: &Company,
+        pre: &PluginPre<CallState>,
+    ) -> Result<super::bindings::keel::platform::plugin_meta::PluginManifest> {
+        let context = CallContext {
+            company: company.clone(),
+            plugin: "(manifest)".to_owned(),
+            granted: Vec::new(),
+            user: None,
+            origin: Origin::system(),
+            limits: DEFAULT_LIMITS,
+        };
+        self.run(
+            pre,
+            context,
+            None,
+            async |plugin, store| plugin.call_manifest(store).await,
+            |_| false,
+        )
+        .await
+        .result
+    }
+
+    /// Instantiates an installed component afresh, calls its `manifest` export and drops the
+    /// instance: the smallest whole call, for health checks and benchmarks. Returns the
+    /// plugin's name.
+    pub async fn ping(&self, company: &Company, component_hash: &str) -> Result<String> {
+        let pre = self.prepared(component_hash).await?;
+        Ok(self.read_manifest(company, &pre).await?.name)
     }
 
     fn remember(&self, validated: &Validated) {
@@ -815,7 +861,8 @@ impl Runtime {
     }
 
     /// Passes an HTTP request to a plugin acting for `user`. Its writes commit when it
-    /// answers with a status below 400.
+    /// answers with a status below 400. With an idempotency key, that answer is stored in the
+    /// same transaction, and a replay of the key gets it back without calling the plugin.
     pub async fn handle_http(
         &self,
         company: &Company,
@@ -823,8 +870,18 @@ impl Runtime {
         user: i64,
         origin: &Origin,
         request: PluginRequest,
+        key: Option<RequestKey>,
     ) -> Result<PluginResponse> {
         let (row, pre) = self.enabled(company, name).await?;
+        let mut tx = None;
+        if let Some(key) = &key {
+            let mut keyed = self.db.begin_write().await?;
+            let found = idempotency::find_many(&mut keyed, company, &[key]).await?;
+            if let Some(stored) = found.into_values().next() {
+                return replay(stored?);
+            }
+            tx = Some(keyed);
+        }
         let limits = row.limits.apply();
         if request.body.len() as u64 > limits.input_bytes {
             return Err(Error::invalid(
@@ -851,7 +908,7 @@ impl Runtime {
             .run(
                 &pre,
                 context,
-                None,
+                tx,
                 async |plugin, store| {
                     let response: WitResponse =
                         plugin.call_handle_http(&mut *store, &request).await?;
@@ -869,14 +926,7 @@ impl Runtime {
                 detail: format!("answered with the invalid HTTP status {}", response.status),
             });
         }
-        if let Some(tx) = finished.state.tx {
-            if response.status < 400 {
-                tx.commit().await?;
-            } else {
-                tx.rollback().await?;
-            }
-        }
-        Ok(PluginResponse {
+        let response = PluginResponse {
             status: response.status,
             headers: response
                 .headers
@@ -884,7 +934,19 @@ impl Runtime {
                 .map(|h| (h.name, h.value))
                 .collect(),
             body: response.body,
-        })
+            replayed: false,
+        };
+        if let Some(mut tx) = finished.state.tx {
+            if response.status < 400 {
+                if let Some(key) = &key {
+                    idempotency::store(&mut tx, company, key, &stored(&response)).await?;
+                }
+                tx.commit().await?;
+            } else {
+                tx.rollback().await?;
+            }
+        }
+        Ok(response)
     }
 
     /// Calls a plugin's `invoke(operation, input)`; its writes commit when it succeeds.

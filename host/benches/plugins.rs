@@ -1,0 +1,144 @@
+//! The plugin runtime's own costs, in-process (the HTTP route is measured end to end by
+//! `keel-bench --plugin`):
+//!
+//! * a fresh-instance call: instantiate a component, call its `manifest` export, drop it —
+//!   for a trivial Rust plugin, and for the Python and JavaScript examples;
+//! * loading an installed plugin from the compiled cache, as a restart does.
+//!
+//! The components are built by `scripts/build-plugins`. Figures in docs/PERFORMANCE.md.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use keel_host::audit::Origin;
+use keel_host::authz::Authz;
+use keel_host::company::{Companies, Company};
+use keel_host::db::{Database, Location};
+use keel_host::runtime::Runtime;
+use keel_host::runtime::registry::{PluginChanges, Status};
+
+fn component(relative: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target")
+        .join(relative);
+    std::fs::read(&path).unwrap_or_else(|error| {
+        panic!(
+            "{}: {error}; build the plugins first with scripts/build-plugins",
+            path.display()
+        )
+    })
+}
+
+const COMPONENTS: [(&str, &str); 3] = [
+    (
+        "rust (faulty test plugin)",
+        "wasm32-wasip2/plugin/faulty.wasm",
+    ),
+    ("python (expenses example)", "plugins-python/expenses.wasm"),
+    ("javascript (expenses example)", "plugins-js/expenses.wasm"),
+];
+
+struct Setup {
+    db: Database,
+    authz: Arc<Authz>,
+    company: Company,
+    runtime: Runtime,
+    /// Component hash by label.
+    hashes: Vec<(&'static str, String)>,
+}
+
+async fn set_up(data: &std::path::Path, compiled: &std::path::Path) -> Setup {
+    let db = Database::open(&Location::DataDir(data.to_owned()))
+        .await
+        .expect("a database");
+    let companies = Companies::bootstrap(&db, None).await.expect("a company");
+    let company = companies.default_company();
+    let authz = Arc::new(Authz::load(&db).await.expect("the policy"));
+    let runtime = Runtime::new(db.clone(), authz.clone(), compiled).expect("a runtime");
+    let mut hashes = Vec::new();
+    for (label, path) in COMPONENTS {
+        let view = runtime
+            .install(&company, &component(path), &Origin::system())
+            .await
+            .expect("installing");
+        hashes.push((label, view.hash));
+    }
+    Setup {
+        db,
+        authz,
+        company,
+        runtime,
+        hashes,
+    }
+}
+
+fn plugin_calls(c: &mut Criterion) {
+    let tokio = tokio::runtime::Runtime::new().expect("a runtime");
+    let data = tempfile::tempdir().expect("a folder");
+    let compiled = tempfile::tempdir().expect("a folder");
+    let setup = tokio.block_on(set_up(data.path(), compiled.path()));
+
+    let mut group = c.benchmark_group("fresh instance: instantiate + call manifest + drop");
+    for (label, hash) in &setup.hashes {
+        group.bench_function(*label, |b| {
+            b.to_async(&tokio).iter(|| async {
+                setup
+                    .runtime
+                    .ping(&setup.company, hash)
+                    .await
+                    .expect("a call")
+            })
+        });
+    }
+    group.finish();
+
+    // A restart: a new runtime finds the enabled Python plugin in the compiled cache.
+    let python = tokio.block_on(async {
+        let changes = PluginChanges {
+            status: Some(Status::Enabled),
+            granted: Some(vec!["storage".to_owned(), "ledger:post".to_owned()]),
+            limits: None,
+        };
+        setup
+            .runtime
+            .change(
+                &setup.company,
+                "expenses",
+                &changes,
+                None,
+                &Origin::system(),
+            )
+            .await
+            .expect("enabling the plugin")
+    });
+    assert_eq!(
+        python.hash, setup.hashes[1].1,
+        "the Python plugin is the one enabled"
+    );
+    let mut group = c.benchmark_group("restart");
+    group.sample_size(20);
+    group.bench_function("load the Python plugin from the compiled cache", |b| {
+        b.to_async(&tokio).iter_custom(|iterations| {
+            let (db, authz) = (setup.db.clone(), setup.authz.clone());
+            let compiled = compiled.path().to_owned();
+            async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iterations {
+                    let started = Instant::now();
+                    let runtime =
+                        Runtime::new(db.clone(), authz.clone(), &compiled).expect("a runtime");
+                    assert_eq!(runtime.load_installed().await.expect("loading"), 1);
+                    total += started.elapsed();
+                    assert_eq!(runtime.compilations(), 0, "nothing is compiled again");
+                }
+                total
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, plugin_calls);
+criterion_main!(benches);
