@@ -409,6 +409,33 @@ on_both_backends! {
         assert!(lacking.text.contains("lacks the permission ledger.entries:post"), "{}", lacking.text);
         assert_eq!(entry_count(&app).await, entries);
 
+        // No files, no environment, no network; the clock works.
+        let escape = app.get("/api/v1/plugins/faulty/escape").await;
+        assert_eq!(escape.status, 200, "{}", escape.text);
+        assert_eq!(escape.body["files"], Value::Null, "{}", escape.text);
+        assert_eq!(escape.body["environment"], 0, "{}", escape.text);
+        assert_eq!(escape.body["network"], false, "{}", escape.text);
+        assert!(escape.body["time"].as_u64().expect("a time") > 1_700_000_000);
+
+        // A call that waits too long, and a plugin whose admin capped its request rate.
+        let capped = app.patch("/api/v1/plugins/faulty", json!({
+            "limits": { "fuel": 300000000, "output_bytes": 1048576, "wall_time_ms": 300, "requests_per_second": 3 }
+        })).await;
+        assert_eq!(capped.status, 200, "{}", capped.text);
+        let sleepy = app.get("/api/v1/plugins/faulty/sleep?ms=5000").await;
+        assert_eq!(sleepy.status, 502, "{}", sleepy.text);
+        assert!(sleepy.text.contains("ran longer than 300 ms"), "{}", sleepy.text);
+        let mut statuses = Vec::new();
+        for _ in 0..4 {
+            statuses.push(app.get("/api/v1/plugins/faulty/ok").await.status.as_u16());
+        }
+        assert!(statuses.contains(&429), "{statuses:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        let uncapped = app.patch("/api/v1/plugins/faulty", json!({
+            "limits": { "fuel": 300000000, "output_bytes": 1048576 }
+        })).await;
+        assert_eq!(uncapped.status, 200, "{}", uncapped.text);
+
         // The host, and the plugin, keep serving.
         let fine = app.get("/api/v1/plugins/faulty/ok").await;
         assert_eq!(fine.status, 200, "{}", fine.text);
@@ -424,9 +451,9 @@ on_both_backends! {
         assert!(matches!(failing, Err(keel_host::error::Error::Invalid(_))), "{failing:?}");
 
         let stats = &app.get("/api/v1/plugins/faulty").await.body["stats"];
-        assert_eq!(stats["limit_hits"], 4, "{stats}");
-        // The four limit hits, the trap, and the plugin's own failing operation.
-        assert_eq!(stats["errors"], 6, "{stats}");
+        assert_eq!(stats["limit_hits"], 5, "{stats}");
+        // The five limit hits, the trap, and the plugin's own failing operation.
+        assert_eq!(stats["errors"], 7, "{stats}");
     }
 
     async fn installing_refuses_what_is_not_a_plugin_for_this_host(app: TestApp) {

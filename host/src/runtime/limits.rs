@@ -21,6 +21,9 @@ pub struct Limits {
     pub host_calls: u32,
     /// Time from start to finish, host calls included.
     pub wall_time_ms: u64,
+    /// Requests per second the plugin's HTTP routes take in this process (bursts up to one
+    /// second's worth); unlimited when absent.
+    pub requests_per_second: Option<u32>,
 }
 
 const MIB: u64 = 1024 * 1024;
@@ -34,6 +37,7 @@ pub const DEFAULT_LIMITS: Limits = Limits {
     output_bytes: 8 * MIB,
     host_calls: 10_000,
     wall_time_ms: 30_000,
+    requests_per_second: None,
 };
 
 /// The most an admin may allow. Memory is bounded by the slots the engine reserves per memory
@@ -45,6 +49,7 @@ pub const LIMITS_CEILING: Limits = Limits {
     output_bytes: 64 * MIB,
     host_calls: 1_000_000,
     wall_time_ms: 600_000,
+    requests_per_second: Some(1_000_000),
 };
 
 /// An admin's overrides; absent fields keep the default.
@@ -63,6 +68,8 @@ pub struct LimitOverrides {
     pub host_calls: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wall_time_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<u32>,
 }
 
 impl LimitOverrides {
@@ -101,6 +108,13 @@ impl LimitOverrides {
             self.wall_time_ms,
             LIMITS_CEILING.wall_time_ms,
         );
+        check(
+            "requests_per_second",
+            self.requests_per_second.map(u64::from),
+            LIMITS_CEILING
+                .requests_per_second
+                .map_or(u64::MAX, u64::from),
+        );
         if errors.is_empty() {
             Ok(())
         } else {
@@ -117,6 +131,9 @@ impl LimitOverrides {
             output_bytes: self.output_bytes.unwrap_or(DEFAULT_LIMITS.output_bytes),
             host_calls: self.host_calls.unwrap_or(DEFAULT_LIMITS.host_calls),
             wall_time_ms: self.wall_time_ms.unwrap_or(DEFAULT_LIMITS.wall_time_ms),
+            requests_per_second: self
+                .requests_per_second
+                .or(DEFAULT_LIMITS.requests_per_second),
         }
     }
 }

@@ -94,6 +94,15 @@ pub struct Runtime {
     slots: tokio::sync::Semaphore,
     /// Components this runtime compiled (rather than loaded from the cache).
     compilations: std::sync::atomic::AtomicU64,
+    /// Request rate of plugins whose admin set one, by company and plugin.
+    rates: Mutex<HashMap<(i64, String), RateBucket>>,
+}
+
+/// A token bucket: `rate` tokens a second, holding at most one second's worth.
+#[derive(Debug)]
+struct RateBucket {
+    tokens: f64,
+    refilled: Instant,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -126,6 +135,7 @@ impl Runtime {
             stats: stats::Stats::default(),
             slots: tokio::sync::Semaphore::new(engine::CALLS_IN_FLIGHT_MAX),
             compilations: std::sync::atomic::AtomicU64::new(0),
+            rates: Mutex::new(HashMap::new()),
         })
     }
 
@@ -279,6 +289,36 @@ impl Runtime {
         self.stats
             .record(company_id, &plugin, outcome, elapsed, fuel_used);
         Finished { result, state }
+    }
+
+    /// Admits one request to a plugin's routes, or refuses it with 429 when the plugin's
+    /// request rate (if an admin set one) is used up.
+    fn admit(&self, company_id: i64, plugin: &str, rate: Option<u32>) -> Result<()> {
+        let Some(rate) = rate else {
+            return Ok(());
+        };
+        let capacity = f64::from(rate);
+        let now = Instant::now();
+        let mut rates = self
+            .rates
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let bucket = rates
+            .entry((company_id, plugin.to_owned()))
+            .or_insert(RateBucket {
+                tokens: capacity,
+                refilled: now,
+            });
+        let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * capacity).min(capacity);
+        bucket.refilled = now;
+        if bucket.tokens < 1.0 {
+            return Err(Error::TooManyRequests(format!(
+                "plugin {plugin} takes at most {rate} requests per second; retry in a moment"
+            )));
+        }
+        bucket.tokens -= 1.0;
+        Ok(())
     }
 
     /// How many components this runtime compiled instead of loading them from the cache.

@@ -873,6 +873,7 @@ impl Runtime {
         key: Option<RequestKey>,
     ) -> Result<PluginResponse> {
         let (row, pre) = self.enabled(company, name).await?;
+        self.admit(company.id, name, row.limits.apply().requests_per_second)?;
         let mut tx = None;
         if let Some(key) = &key {
             let mut keyed = self.db.begin_write().await?;

@@ -88,6 +88,31 @@ impl Plugin for Faulty {
                 Ok(Response::json(200, "will succeed"))
             })
             .get("/ok", |_, _| Ok(Response::json(200, "fine")))
+            .get("/sleep", |request, _| {
+                let ms: u64 = request
+                    .query
+                    .strip_prefix("ms=")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(1000);
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                Ok(Response::json(200, "slept"))
+            })
+            .get("/escape", |_, _| {
+                // What a plugin can reach of the machine: nothing but clocks and randomness.
+                let files = std::fs::read_dir("/").map(|entries| entries.count()).ok();
+                let environment = std::env::vars().count();
+                let network = std::net::TcpStream::connect("127.0.0.1:5432").is_ok();
+                let time = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                Ok(Response::json(
+                    200,
+                    &serde_json::json!({
+                        "files": files, "environment": environment, "network": network, "time": time
+                    }),
+                ))
+            })
             .get("/loop", |_, _| {
                 let mut counter: u64 = 0;
                 loop {
