@@ -512,6 +512,9 @@ on_both_backends! {
         assert_eq!(app.get("/api/v1/plugins/faulty/migrated-from").await.body, Value::Null);
         let remembered = app.post("/api/v1/plugins/faulty/remember", json!({ "kept": true })).await;
         assert_eq!(remembered.status, 201, "{}", remembered.text);
+        let sneaky = app.get("/api/v1/plugins/faulty/write-in-get").await;
+        assert_eq!(sneaky.status, 403, "{}", sneaky.text);
+        assert!(sneaky.text.contains("read-only"), "{}", sneaky.text);
 
         let v2 = component("plugins-v2/wasm32-wasip2/plugin/faulty.wasm");
         let upgrade = |bytes: Vec<u8>| app.request(Method::PUT, "/api/v1/plugins/faulty", &[], Some(bytes));

@@ -47,6 +47,9 @@ pub struct CallContext {
     /// Recorded with every change; names the plugin as well as the user.
     pub origin: Origin,
     pub limits: Limits,
+    /// A read-only call (an HTTP GET or HEAD) reads one snapshot, concurrently with other
+    /// calls, and may not write.
+    pub read_only: bool,
 }
 
 /// Why a call was stopped by the host rather than finishing on its own.
@@ -219,8 +222,13 @@ impl CallState {
 
     async fn tx(&mut self) -> wasmtime::Result<&mut Tx> {
         if self.tx.is_none() {
-            let tx = self.services.db.begin_write().await.map_err(from_anyhow)?;
-            self.tx = Some(tx);
+            let db = &self.services.db;
+            let begun = if self.context.read_only {
+                db.begin_read().await
+            } else {
+                db.begin_write().await
+            };
+            self.tx = Some(begun.map_err(from_anyhow)?);
         }
         Ok(self.tx.as_mut().expect("begun above"))
     }
@@ -256,6 +264,12 @@ impl CallState {
         &mut self,
         operation: impl AsyncFnOnce(&mut Tx, &CallContext) -> crate::error::Result<T>,
     ) -> wasmtime::Result<Result<T, WitError>> {
+        if self.context.read_only {
+            return Ok(Err(WitError::Denied(
+                "a GET or HEAD request is read-only: write with POST, PUT, PATCH or DELETE"
+                    .to_owned(),
+            )));
+        }
         let context = self.context.clone();
         let tx = self.tx().await?;
         savepoint(tx, "SAVEPOINT host_call").await?;

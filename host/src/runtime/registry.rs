@@ -467,6 +467,7 @@ impl Runtime {
             user: None,
             origin: Origin::system(),
             limits: DEFAULT_LIMITS,
+            read_only: true,
         };
         self.run(
             pre,
@@ -663,7 +664,7 @@ impl Runtime {
         tx: Tx,
     ) -> Result<Tx> {
         let from = row.migrated_version.clone();
-        let context = self.context(company, row, acting_user, origin);
+        let context = self.context(company, row, acting_user, origin, false);
         let finished = self
             .run(
                 pre,
@@ -695,6 +696,7 @@ impl Runtime {
         row: &PluginRow,
         user: Option<i64>,
         origin: &Origin,
+        read_only: bool,
     ) -> CallContext {
         let mut origin = origin.clone();
         origin.actor.plugin = Some(row.name.clone());
@@ -705,6 +707,7 @@ impl Runtime {
             user,
             origin,
             limits: row.limits.apply(),
+            read_only,
         }
     }
 
@@ -904,7 +907,8 @@ impl Runtime {
                 .collect(),
             body: request.body,
         };
-        let context = self.context(company, &row, Some(user), origin);
+        let read_only = matches!(request.method.as_str(), "GET" | "HEAD");
+        let context = self.context(company, &row, Some(user), origin, read_only);
         let finished = self
             .run(
                 &pre,
@@ -971,7 +975,7 @@ impl Runtime {
                 ),
             ));
         }
-        let context = self.context(company, &row, user, origin);
+        let context = self.context(company, &row, user, origin, false);
         let finished = self
             .run(
                 &pre,

@@ -72,6 +72,10 @@ impl Plugin for Faulty {
                 DATA.put("remembered", &value)?;
                 Ok(Response::json(201, &value))
             })
+            .get("/write-in-get", |_, _| {
+                DATA.put("remembered", &serde_json::json!("written by a GET"))?;
+                Ok(Response::json(200, "wrote"))
+            })
             .get("/remembered", |_, _| {
                 Ok(Response::json(200, &DATA.get("remembered")?))
             })
