@@ -452,6 +452,8 @@ on_both_backends! {
 
         let stats = &app.get("/api/v1/plugins/faulty").await.body["stats"];
         assert_eq!(stats["limit_hits"], 5, "{stats}");
+        // The missing grant and the missing permission.
+        assert_eq!(stats["denied_host_calls"], 2, "{stats}");
         // The five limit hits, the trap, and the plugin's own failing operation.
         assert_eq!(stats["errors"], 7, "{stats}");
     }

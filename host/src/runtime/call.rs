@@ -131,6 +131,8 @@ pub struct CallState {
     pub tx: Option<Tx>,
     pub limiter: CallLimiter,
     host_calls: u32,
+    /// Host calls refused for a missing grant or permission.
+    pub denied: u32,
     pub stop: Option<Stop>,
     viewer: Option<Viewer>,
     wasi: WasiCtx,
@@ -171,6 +173,7 @@ impl CallState {
                 memory_refused: false,
             },
             host_calls: 0,
+            denied: 0,
             stop: None,
             viewer: None,
             // No preopened directories, no environment, no network, no stdin: clocks and
@@ -199,6 +202,7 @@ impl CallState {
     ) -> wasmtime::Result<Result<Scope, WitError>> {
         self.count()?;
         if !self.context.granted.contains(&capability) {
+            self.denied += 1;
             return Ok(Err(WitError::Denied(format!(
                 "plugin {} has not been granted {capability}; an admin grants it with \
                  `keel plugin grant {} {capability}`",
@@ -214,9 +218,12 @@ impl CallState {
             .scope(user, self.context.company.id, permission)
         {
             Some(scope) => Ok(Ok(scope)),
-            None => Ok(Err(WitError::Denied(format!(
-                "the user the plugin acts for lacks the permission {permission}"
-            )))),
+            None => {
+                self.denied += 1;
+                Ok(Err(WitError::Denied(format!(
+                    "the user the plugin acts for lacks the permission {permission}"
+                ))))
+            }
         }
     }
 

@@ -288,6 +288,9 @@ impl Runtime {
             .record(elapsed.as_secs_f64());
         self.stats
             .record(company_id, &plugin, outcome, elapsed, fuel_used);
+        if state.denied > 0 {
+            self.stats.record_denied(company_id, &plugin, state.denied);
+        }
         Finished { result, state }
     }
 

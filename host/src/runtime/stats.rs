@@ -27,6 +27,7 @@ struct Counters {
     calls: u64,
     errors: u64,
     limit_hits: u64,
+    denied_host_calls: u64,
     fuel_used: u64,
     latencies: VecDeque<Duration>,
 }
@@ -37,6 +38,8 @@ pub struct PluginStats {
     pub calls: u64,
     pub errors: u64,
     pub limit_hits: u64,
+    /// Host calls refused because the plugin lacked the grant or the user the permission.
+    pub denied_host_calls: u64,
     /// Fuel burnt by every call together.
     pub fuel_used: u64,
     /// Over the last 1,000 calls, in microseconds.
@@ -50,6 +53,16 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Counts host calls of one plugin call that were refused.
+    pub fn record_denied(&self, company_id: i64, plugin: &str, denied: u32) {
+        let mut plugins = self
+            .plugins
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let counters = plugins.entry((company_id, plugin.to_owned())).or_default();
+        counters.denied_host_calls += u64::from(denied);
+    }
+
     pub fn record(
         &self,
         company_id: i64,
@@ -99,6 +112,7 @@ impl Stats {
             calls: counters.calls,
             errors: counters.errors,
             limit_hits: counters.limit_hits,
+            denied_host_calls: counters.denied_host_calls,
             fuel_used: counters.fuel_used,
             latency_p50_us: percentile(50),
             latency_p99_us: percentile(99),
