@@ -168,9 +168,11 @@ impl<P: Need + Send + Sync> FromRequestParts<AppState> for Authorized<P> {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let principal = authenticate(parts, state).await?;
-        let company = company_of(parts, state).await?;
-        let origin = origin_of(parts, &principal);
+        let InCompany {
+            principal,
+            company,
+            origin,
+        } = InCompany::from_request_parts(parts, state).await?;
         if let Err(error) = state.authz.refresh_if_stale().await {
             return Err(Error::Unexpected(error).into_response());
         }

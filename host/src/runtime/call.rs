@@ -52,6 +52,16 @@ pub struct CallContext {
     pub read_only: bool,
 }
 
+impl CallContext {
+    /// Whose records the call reads and writes.
+    fn owner(&self) -> records::Owner<'_> {
+        records::Owner {
+            company_id: self.company.id,
+            plugin: &self.plugin,
+        }
+    }
+}
+
 /// Why a call was stopped by the host rather than finishing on its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stop {
@@ -737,18 +747,14 @@ impl wit_storage::Host for CallState {
             Ok(parsed) => parsed,
             Err(error) => return Ok(Err(to_wit(error))),
         };
-        let plugin = self.context.plugin.clone();
         self.write(async |tx, context| {
-            let owner = records::Owner {
-                company_id: context.company.id,
-                plugin: &plugin,
-            };
+            let owner = context.owner();
             records::put(tx, owner, &collection, &key, &value).await?;
             let event = Event::new(
                 Some(context.company.id),
                 "plugin.storage:put",
                 "plugin.record",
-                format!("{plugin}/{collection}/{key}"),
+                format!("{}/{collection}/{key}", context.plugin),
                 json!({ "after": parsed }),
             );
             audit::append(tx, &context.origin, &[event]).await?;
@@ -770,12 +776,8 @@ impl wit_storage::Host for CallState {
         {
             return Ok(Err(to_wit(error)));
         }
-        let plugin = self.context.plugin.clone();
         self.read(async |tx, context| {
-            let owner = records::Owner {
-                company_id: context.company.id,
-                plugin: &plugin,
-            };
+            let owner = context.owner();
             records::get(tx, owner, &collection, &key).await
         })
         .await
@@ -794,19 +796,15 @@ impl wit_storage::Host for CallState {
         {
             return Ok(Err(to_wit(error)));
         }
-        let plugin = self.context.plugin.clone();
         self.write(async |tx, context| {
-            let owner = records::Owner {
-                company_id: context.company.id,
-                plugin: &plugin,
-            };
+            let owner = context.owner();
             let deleted = records::delete(tx, owner, &collection, &key).await?;
             if deleted {
                 let event = Event::new(
                     Some(context.company.id),
                     "plugin.storage:delete",
                     "plugin.record",
-                    format!("{plugin}/{collection}/{key}"),
+                    format!("{}/{collection}/{key}", context.plugin),
                     json!({}),
                 );
                 audit::append(tx, &context.origin, &[event]).await?;
@@ -852,13 +850,9 @@ impl wit_storage::Host for CallState {
             after: range.after,
             limit,
         };
-        let plugin = self.context.plugin.clone();
         let items = self
             .read(async |tx, context| {
-                let owner = records::Owner {
-                    company_id: context.company.id,
-                    plugin: &plugin,
-                };
+                let owner = context.owner();
                 records::query(tx, owner, &collection, &range).await
             })
             .await?;
