@@ -45,7 +45,7 @@ struct Setup {
     db: Database,
     authz: Arc<Authz>,
     company: Company,
-    runtime: Runtime,
+    runtime: Arc<Runtime>,
     hash: String,
 }
 
@@ -63,12 +63,7 @@ async fn set_up(path: &str, data: &std::path::Path, compiled: &std::path::Path) 
         .expect("installing");
     let changes = PluginChanges {
         status: Some(Status::Enabled),
-        granted: Some(
-            view.requested
-                .iter()
-                .map(|c| c.as_str().to_owned())
-                .collect(),
-        ),
+        granted: Some(view.requested.iter().map(ToString::to_string).collect()),
         limits: None,
     };
     runtime

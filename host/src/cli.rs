@@ -466,6 +466,8 @@ async fn serve(addr: SocketAddr, database: &DatabaseArgs) -> anyhow::Result<()> 
             "plugins loaded"
         );
     }
+    // Delivers published events to subscribed plugins for as long as the server runs.
+    let _dispatcher = state.runtime.spawn_dispatcher();
     if state.identity.count_users().await? == 0 {
         let location = match (&database.database_url, &database.data_dir) {
             (Some(_), _) => "--database-url <the same URL>".to_owned(),
@@ -1230,7 +1232,7 @@ async fn plugin_command(
                 "(none)".to_owned()
             } else {
                 list.iter()
-                    .map(|c| c.as_str())
+                    .map(ToString::to_string)
                     .collect::<Vec<_>>()
                     .join(", ")
             }
@@ -1263,7 +1265,7 @@ async fn plugin_command(
                 view.name,
                 view.requested
                     .iter()
-                    .map(|c| c.as_str())
+                    .map(ToString::to_string)
                     .collect::<Vec<_>>()
                     .join(" "),
                 view.name
@@ -1276,8 +1278,7 @@ async fn plugin_command(
         }
         PluginCommand::Grant { name, capabilities } => {
             let view = runtime.get(company, &name).await?;
-            let mut granted: Vec<String> =
-                view.granted.iter().map(|c| c.as_str().to_owned()).collect();
+            let mut granted: Vec<String> = view.granted.iter().map(ToString::to_string).collect();
             granted.extend(capabilities);
             change(
                 &name,
@@ -1293,7 +1294,7 @@ async fn plugin_command(
             let granted = view
                 .granted
                 .iter()
-                .map(|c| c.as_str().to_owned())
+                .map(ToString::to_string)
                 .filter(|c| !capabilities.contains(c))
                 .collect();
             change(
@@ -1361,7 +1362,7 @@ async fn plugin_test(
         plugin
             .granted
             .iter()
-            .map(|c| c.as_str())
+            .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(", ")
     );

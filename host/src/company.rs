@@ -44,6 +44,22 @@ fn from_row(row: &impl Row) -> anyhow::Result<Company> {
 const SELECT_COMPANY: &str =
     "SELECT id, code, name, base_currency, fiscal_year_start_month FROM companies";
 
+/// The company with this id, read in `tx` (for work that names companies by id, such as
+/// event delivery).
+pub async fn by_id(tx: &mut crate::db::Tx, id: i64) -> Result<Company> {
+    let company = crate::on_conn!(tx, conn => {
+        match sqlx::query(&format!("{SELECT_COMPANY} WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?
+        {
+            Some(row) => Some(from_row(&row)?),
+            None => None,
+        }
+    });
+    company.ok_or_else(|| Error::NotFound(format!("no company with id {id}")))
+}
+
 /// Companies by code, read once and kept: a company's identity and base currency never change.
 #[derive(Debug)]
 pub struct Companies {

@@ -9,6 +9,7 @@ pub mod company;
 pub mod currency;
 pub mod db;
 pub mod error;
+pub mod events;
 pub mod idempotency;
 pub mod identity;
 pub mod ledger;

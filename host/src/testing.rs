@@ -48,7 +48,7 @@ impl PluginHost {
                 installed
                     .requested
                     .iter()
-                    .map(|c| c.as_str().to_owned())
+                    .map(ToString::to_string)
                     .collect(),
             ),
             limits: None,

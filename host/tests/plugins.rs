@@ -72,12 +72,12 @@ async fn entry_count(app: &TestApp) -> usize {
 }
 
 /// The expense-claims module, whatever language it is written in.
-async fn expense_claims_work(app: &TestApp, bytes: Vec<u8>) {
+async fn expense_claims_work(app: &TestApp, bytes: Vec<u8>, api_version: &str) {
     let installed = install(app, bytes).await;
     assert_eq!(installed.status, 201, "{}", installed.text);
     assert_eq!(installed.body["name"], "expenses");
     assert_eq!(installed.body["status"], "disabled");
-    assert_eq!(installed.body["api_version"], "0.1.0");
+    assert_eq!(installed.body["api_version"], api_version);
     assert_eq!(installed.body["granted"], json!([]));
     let mut requested: Vec<String> =
         serde_json::from_value(installed.body["requested"].clone()).expect("names");
@@ -348,15 +348,15 @@ async fn expense_claims_work(app: &TestApp, bytes: Vec<u8>) {
 
 on_both_backends! {
     async fn the_rust_expense_module_works_end_to_end(app: TestApp) {
-        expense_claims_work(&app, rust_plugin("expenses_rust")).await;
+        expense_claims_work(&app, rust_plugin("expenses_rust"), "0.2.0").await;
     }
 
     async fn the_python_expense_module_works_end_to_end(app: TestApp) {
-        expense_claims_work(&app, component("plugins-python/expenses.wasm")).await;
+        expense_claims_work(&app, component("plugins-python/expenses.wasm"), "0.1.0").await;
     }
 
     async fn the_javascript_expense_module_works_end_to_end(app: TestApp) {
-        expense_claims_work(&app, component("plugins-js/expenses.wasm")).await;
+        expense_claims_work(&app, component("plugins-js/expenses.wasm"), "0.1.0").await;
     }
 
     async fn faults_are_contained_counted_and_the_host_keeps_serving(app: TestApp) {

@@ -1,6 +1,6 @@
 //! Write Keel plugins in Rust.
 //!
-//! A plugin is a WebAssembly component for the world `keel:platform/plugin@0.1.0`. This crate
+//! A plugin is a WebAssembly component for the world `keel:platform/plugin@0.2.0`. This crate
 //! generates the bindings and puts a small API in front of them: typed [`storage`] with serde,
 //! [`money`] conversions to `rust_decimal`, an HTTP [`Router`], the [`Error`] every host call
 //! and export returns, and the [`export!`] macro.
@@ -44,7 +44,7 @@ pub mod storage;
 pub mod bindings {
     wit_bindgen::generate!({
         world: "plugin",
-        path: "../wit/keel-platform-0.1.0",
+        path: "../wit/keel-platform-0.2.0",
         pub_export_macro: true,
         export_macro_name: "export_bindings",
         default_bindings_module: "keel_sdk::bindings",
@@ -54,9 +54,11 @@ pub mod bindings {
 
 pub use bindings::keel::platform::events::Event;
 pub use bindings::keel::platform::http::{Header, Request, Response};
-pub use bindings::keel::platform::plugin_meta::PluginManifest as Manifest;
+pub use bindings::keel::platform::plugin_meta::{
+    ExtensionPoint, OnFailure, PartyField, PluginManifest as Manifest,
+};
 pub use bindings::keel::platform::types::{Error, FieldError};
-pub use bindings::keel::platform::{authz, ledger, log, parties};
+pub use bindings::keel::platform::{authz, calls, events, hooks, ledger, log, parties};
 pub use router::Router;
 
 /// A plugin's exports. Only `manifest` is required; the others answer "not supported".
@@ -127,7 +129,57 @@ impl Manifest {
             description: description.to_owned(),
             capabilities: Vec::new(),
             subscriptions: Vec::new(),
+            collections: Vec::new(),
+            extension_points: Vec::new(),
+            hooks: Vec::new(),
+            operations: Vec::new(),
+            party_fields: Vec::new(),
         }
+    }
+
+    /// Declares a collection's indexes: `(index name, fields)`.
+    pub fn collection(mut self, name: &str, indexes: &[(&str, &[&str])]) -> Self {
+        use bindings::keel::platform::plugin_meta::{Collection, Index};
+        self.collections.push(Collection {
+            name: name.to_owned(),
+            indexes: indexes
+                .iter()
+                .map(|(index, fields)| Index {
+                    name: (*index).to_owned(),
+                    fields: fields.iter().map(|f| (*f).to_owned()).collect(),
+                })
+                .collect(),
+        });
+        self
+    }
+
+    /// Operations of `invoke` that other plugins may call and hooks may name.
+    pub fn operations(mut self, operations: &[&str]) -> Self {
+        self.operations = operations.iter().map(|o| (*o).to_owned()).collect();
+        self
+    }
+
+    /// Declares an extension point this plugin runs with `hooks::run`.
+    pub fn extension_point(mut self, point: ExtensionPoint) -> Self {
+        self.extension_points.push(point);
+        self
+    }
+
+    /// Implements another plugin's extension point with one of this plugin's operations.
+    pub fn hook(mut self, point: &str, operation: &str, order: i32) -> Self {
+        self.hooks
+            .push(bindings::keel::platform::plugin_meta::Hook {
+                point: point.to_owned(),
+                operation: operation.to_owned(),
+                order,
+            });
+        self
+    }
+
+    /// Adds a custom field to parties.
+    pub fn party_field(mut self, field: PartyField) -> Self {
+        self.party_fields.push(field);
+        self
     }
 
     /// Host capabilities: `ledger:read`, `ledger:post`, `parties:read`, `parties:write`,

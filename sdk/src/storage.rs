@@ -13,6 +13,14 @@ use crate::bindings::keel::platform::storage as host;
 const PAGE_ITEMS: u32 = 500;
 
 /// A collection of records of type `T`.
+/// One page of an index query: `(key, record)` pairs, and where the next page starts.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<(String, T)>,
+    /// Pass as `after` for the next page; absent on the last page.
+    pub next: Option<String>,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Collection<T> {
     name: &'static str,
@@ -66,6 +74,51 @@ impl<T: Serialize + DeserializeOwned> Collection<T> {
     }
 
     /// Every record, in key order, fetched a page at a time.
+    /// Records whose index `index` starts with the values `equals`, in index order; `after`
+    /// is the `next` of the previous page.
+    pub fn find(
+        &self,
+        index: &str,
+        equals: &[serde_json::Value],
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<T>, Error> {
+        self.find_range(index, equals, None, None, false, after, limit)
+    }
+
+    /// Like [`Collection::find`], with the field after `equals` in [`from`, `to`).
+    #[allow(clippy::too_many_arguments, reason = "mirrors the index query")]
+    pub fn find_range(
+        &self,
+        index: &str,
+        equals: &[serde_json::Value],
+        from: Option<&serde_json::Value>,
+        to: Option<&serde_json::Value>,
+        descending: bool,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<T>, Error> {
+        let query = host::IndexQuery {
+            index: index.to_owned(),
+            equals: equals.iter().map(ToString::to_string).collect(),
+            from: from.map(ToString::to_string),
+            to: to.map(ToString::to_string),
+            descending,
+            after: after.map(str::to_owned),
+            limit: Some(limit),
+        };
+        let page = host::find(self.name, &query)?;
+        let items = page
+            .items
+            .into_iter()
+            .map(|item| Ok((item.key, decode(self.name, &item.value)?)))
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(Page {
+            items,
+            next: page.next,
+        })
+    }
+
     pub fn all(&self) -> Result<Vec<(String, T)>, Error> {
         let mut all = Vec::new();
         loop {

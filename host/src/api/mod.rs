@@ -68,7 +68,7 @@ impl AppState {
     ) -> anyhow::Result<Self> {
         let authz = Arc::new(Authz::load(&db).await?);
         Ok(Self {
-            runtime: Arc::new(Runtime::new(db.clone(), authz.clone(), compiled_plugins)?),
+            runtime: Runtime::new(db.clone(), authz.clone(), compiled_plugins)?,
             ledger: Ledger::for_server(db.clone(), authz.clone()),
             identity: Arc::new(Identity::new(db.clone())),
             parties: Parties::new(db.clone(), authz.clone()),
@@ -129,6 +129,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .nest("/api/v1", crate::authz::http::router())
         .nest("/api/v1", crate::audit::http::router())
         .nest("/api/v1/plugins", crate::runtime::http::router())
+        .nest("/api/v1/events", crate::runtime::http::events_router())
 }
 
 /// The OpenAPI document, as served at `/api/v1/openapi.json`.

@@ -341,6 +341,15 @@ pub async fn close_period(
     set_period_status(tx, id, Status::Closed).await?;
     let after = get_period(tx, company, id, false).await?;
     audit_period(tx, company, origin, "ledger.periods:close", &period, &after).await?;
+    crate::events::publish(
+        tx,
+        company.id,
+        crate::events::topics::PERIOD_CLOSED,
+        &format!("period/{}", after.id),
+        &after,
+        None,
+    )
+    .await?;
     Ok(after)
 }
 

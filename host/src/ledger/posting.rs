@@ -424,6 +424,7 @@ pub async fn post_jobs(
         .map(|((draft, id), origin)| (*origin, audit_event(company, *id, draft)))
         .collect();
     audit::append_many(tx, &events).await?;
+    publish_posted(tx, company, &new_drafts, &ids).await?;
 
     // Whole views only for single-entry jobs: a batch answers with ids, and building views for
     // thousands of entries costs as much as a fifth of posting them.
@@ -484,6 +485,40 @@ pub async fn post_jobs(
             })
         })
         .collect())
+}
+
+/// Publishes `ledger.entry.posted` for each new entry, when a plugin listens (one check for
+/// the whole group, so posting costs nothing extra when nobody does).
+async fn publish_posted(
+    tx: &mut Tx,
+    company: &Company,
+    drafts: &[&EntryDraft],
+    ids: &[i64],
+) -> anyhow::Result<()> {
+    use crate::events::{self, topics};
+    if drafts.is_empty() || !events::subscribed(tx, company.id, topics::ENTRY_POSTED).await? {
+        return Ok(());
+    }
+    for (draft, id) in drafts.iter().zip(ids) {
+        let payload = serde_json::json!({
+            "id": id,
+            "date": draft.date,
+            "memo": draft.memo,
+            "source": draft.source.as_ref().map(|s| serde_json::json!({ "module": s.module, "document": s.document })),
+            "reverses": draft.reverses,
+        });
+        events::publish(
+            tx,
+            company.id,
+            topics::ENTRY_POSTED,
+            &format!("entry/{id}"),
+            &payload,
+            None,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("publishing an entry's event: {e}"))?;
+    }
+    Ok(())
 }
 
 async fn allocate_entry_ids(tx: &mut Tx, count: usize) -> anyhow::Result<Vec<i64>> {

@@ -25,6 +25,7 @@ use crate::authz::{Authz, Scope};
 use crate::company::Company;
 use crate::db::{Database, Param, Tx};
 use crate::error::{Error, FieldError, Result};
+use crate::events::topics;
 use crate::idempotency::{self, RequestKey, StoredResponse};
 use crate::ledger::model::format_minor;
 use crate::on_conn;
@@ -455,6 +456,18 @@ pub fn default_owner(viewer: &Viewer, origin: &Origin) -> Option<i64> {
 }
 
 /// Creates a party in `tx`: validated, checked for duplicates unless allowed, audited.
+/// Publishes a party event about party `id` (subject `party/<id>`).
+async fn publish(
+    tx: &mut Tx,
+    company: &Company,
+    topic: &str,
+    id: i64,
+    payload: &impl serde::Serialize,
+) -> Result<()> {
+    crate::events::publish(tx, company.id, topic, &format!("party/{id}"), payload, None).await?;
+    Ok(())
+}
+
 pub async fn create_in(
     tx: &mut Tx,
     company: &Company,
@@ -489,6 +502,7 @@ pub async fn create_in(
         json!({ "after": view }),
     );
     audit::append(tx, origin, &[event]).await?;
+    publish(tx, company, topics::PARTY_CREATED, id, &view).await?;
     Ok(view)
 }
 
@@ -530,6 +544,7 @@ pub async fn update_in(
         json!({ "before": before, "after": after }),
     );
     audit::append(tx, origin, &[event]).await?;
+    publish(tx, company, topics::PARTY_UPDATED, id, &after).await?;
     Ok(after)
 }
 
@@ -781,6 +796,15 @@ async fn merge_in(
         ),
     ];
     audit::append(tx, origin, &events).await?;
+    publish(
+        tx,
+        company,
+        topics::PARTY_MERGED,
+        id,
+        &json!({ "merged": id, "into": into }),
+    )
+    .await?;
+    publish(tx, company, topics::PARTY_UPDATED, into, &after).await?;
     Ok(MergeResult {
         survivor: after,
         merged: id,

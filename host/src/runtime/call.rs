@@ -6,19 +6,21 @@
 //! write (a duplicate, an unbalanced entry) leaves the transaction usable on every backend.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use serde_json::json;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::keel::platform::{
+use super::bindings::latest::keel::platform::{
     authz as wit_authz, ledger as wit_ledger, log as wit_log, parties as wit_parties,
     storage as wit_storage, types,
 };
 use super::bindings::{WitError, WitFieldError};
 use super::capability::Capability;
+use super::declarations::Declarations;
+use super::index;
 use super::limits::Limits;
 use super::storage as records;
 use crate::audit::{self, Event, Origin};
@@ -50,6 +52,10 @@ pub struct CallContext {
     /// A read-only call (an HTTP GET or HEAD) reads one snapshot, concurrently with other
     /// calls, and may not write.
     pub read_only: bool,
+    /// What the plugin's manifest declares (indexes, extension points ...).
+    pub declarations: Arc<Declarations>,
+    /// How many plugin calls enclose this one: 0 for a call from the host.
+    pub depth: u32,
 }
 
 impl CallContext {
@@ -131,12 +137,14 @@ impl ResourceLimiter for CallLimiter {
 pub struct Services {
     pub db: Database,
     pub authz: Arc<Authz>,
+    /// For host calls that call other plugins.
+    pub runtime: Weak<super::Runtime>,
 }
 
 /// The data of one call's store.
 pub struct CallState {
     pub context: CallContext,
-    services: Services,
+    pub(super) services: Services,
     /// The call's transaction, once a host call needed the database.
     pub tx: Option<Tx>,
     pub limiter: CallLimiter,
@@ -194,7 +202,7 @@ impl CallState {
     }
 
     /// Counts a host call, stopping the call past the limit.
-    fn count(&mut self) -> wasmtime::Result<()> {
+    pub(super) fn count(&mut self) -> wasmtime::Result<()> {
         self.host_calls += 1;
         if self.host_calls > self.context.limits.host_calls {
             self.stop = Some(Stop::HostCalls);
@@ -205,7 +213,7 @@ impl CallState {
 
     /// Counts the call and checks the grant and the user's permission; the scope the user's
     /// permission reaches (all for calls without a user).
-    fn enter(
+    pub(super) fn enter(
         &mut self,
         capability: Capability,
         permission: Option<Permission>,
@@ -237,7 +245,7 @@ impl CallState {
         }
     }
 
-    async fn tx(&mut self) -> wasmtime::Result<&mut Tx> {
+    pub(super) async fn tx(&mut self) -> wasmtime::Result<&mut Tx> {
         if self.tx.is_none() {
             let db = &self.services.db;
             let begun = if self.context.read_only {
@@ -277,7 +285,7 @@ impl CallState {
 
     /// Runs a write under a savepoint: a refused write is undone on its own and leaves the
     /// call's transaction usable.
-    async fn write<T>(
+    pub(super) async fn write<T>(
         &mut self,
         operation: impl AsyncFnOnce(&mut Tx, &CallContext) -> crate::error::Result<T>,
     ) -> wasmtime::Result<Result<T, WitError>> {
@@ -305,7 +313,7 @@ impl CallState {
     }
 
     /// Runs a read on the call's transaction, so it sees the call's own writes.
-    async fn read<T>(
+    pub(super) async fn read<T>(
         &mut self,
         operation: impl AsyncFnOnce(&mut Tx, &CallContext) -> crate::error::Result<T>,
     ) -> wasmtime::Result<Result<T, WitError>> {
@@ -319,14 +327,14 @@ impl CallState {
     }
 }
 
-async fn savepoint(tx: &mut Tx, statement: &str) -> wasmtime::Result<()> {
+pub(super) async fn savepoint(tx: &mut Tx, statement: &str) -> wasmtime::Result<()> {
     let done: Result<(), sqlx::Error> = on_conn!(tx, conn => {
         sqlx::query(statement).execute(&mut *conn).await.map(|_| ())
     });
     done.map_err(|e| from_anyhow(e.into()))
 }
 
-fn host_failure(error: Error) -> wasmtime::Error {
+pub(super) fn host_failure(error: Error) -> wasmtime::Error {
     wasmtime::Error::msg(error.to_string())
 }
 
@@ -349,6 +357,11 @@ pub fn to_wit(error: Error) -> WitError {
             WitError::Conflict(format!("{detail}; candidates: {candidates}"))
         }
         Error::TooManyRequests(message) => WitError::LimitExceeded(message),
+        Error::PluginFailed {
+            plugin,
+            detail,
+            limit: true,
+        } => WitError::LimitExceeded(format!("plugin {plugin} {detail}")),
         Error::PluginFailed { plugin, detail, .. } => {
             WitError::Internal(format!("plugin {plugin} {detail}"))
         }
@@ -375,7 +388,7 @@ pub fn from_wit(plugin: &str, error: WitError) -> Error {
     }
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, WitError> {
+pub(super) fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, WitError> {
     let deserializer = &mut serde_json::Deserializer::from_str(text);
     serde_path_to_error::deserialize(deserializer).map_err(|error| {
         let path = error.path().to_string();
@@ -387,7 +400,7 @@ fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, WitError>
 }
 
 /// Carries an anyhow error (a failed query) out of a host call, ending the call.
-fn from_anyhow(error: anyhow::Error) -> wasmtime::Error {
+pub(super) fn from_anyhow(error: anyhow::Error) -> wasmtime::Error {
     wasmtime::Error::from_boxed(error.into())
 }
 
@@ -417,9 +430,8 @@ fn parse_date(field: &str, text: Option<&str>) -> Result<Option<chrono::NaiveDat
 }
 
 impl types::Host for CallState {}
-impl super::bindings::keel::platform::http::Host for CallState {}
-impl super::bindings::keel::platform::events::Host for CallState {}
-impl super::bindings::keel::platform::plugin_meta::Host for CallState {}
+impl super::bindings::latest::keel::platform::http::Host for CallState {}
+impl super::bindings::latest::keel::platform::plugin_meta::Host for CallState {}
 
 impl wit_ledger::Host for CallState {
     async fn post(
@@ -750,6 +762,8 @@ impl wit_storage::Host for CallState {
         self.write(async |tx, context| {
             let owner = context.owner();
             records::put(tx, owner, &collection, &key, &value).await?;
+            let indexes = context.declarations.indexes(&collection);
+            index::reindex_record(tx, owner, &collection, indexes, &key, Some(&parsed)).await?;
             let event = Event::new(
                 Some(context.company.id),
                 "plugin.storage:put",
@@ -800,6 +814,8 @@ impl wit_storage::Host for CallState {
             let owner = context.owner();
             let deleted = records::delete(tx, owner, &collection, &key).await?;
             if deleted {
+                let indexes = context.declarations.indexes(&collection);
+                index::reindex_record(tx, owner, &collection, indexes, &key, None).await?;
                 let event = Event::new(
                     Some(context.company.id),
                     "plugin.storage:delete",
@@ -863,6 +879,97 @@ impl wit_storage::Host for CallState {
                 .collect()
         }))
     }
+
+    async fn find(
+        &mut self,
+        collection: String,
+        query: wit_storage::IndexQuery,
+    ) -> wasmtime::Result<Result<wit_storage::Page, WitError>> {
+        if let Err(denied) = self.enter(Capability::Storage, None)? {
+            return Ok(Err(denied));
+        }
+        let parsed = records::check_collection(&collection).and_then(|()| {
+            let index = self
+                .context
+                .declarations
+                .indexes(&collection)
+                .iter()
+                .find(|i| i.name == query.index)
+                .cloned()
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "index",
+                        format!(
+                            "collection {collection} has no index {:?} in the plugin's manifest",
+                            query.index
+                        ),
+                    )
+                })?;
+            Ok((index, index_query(&query)?))
+        });
+        let (index, parsed) = match parsed {
+            Ok(parsed) => parsed,
+            Err(error) => return Ok(Err(to_wit(error))),
+        };
+        let rows = self
+            .read(async |tx, context| {
+                index::find(tx, context.owner(), &collection, &index, &parsed).await
+            })
+            .await?;
+        Ok(rows.map(|rows| {
+            let next = (rows.len() as u64 == u64::from(parsed.limit))
+                .then(|| rows.last().map(|(i, r, _)| index::cursor(i, r)))
+                .flatten();
+            wit_storage::Page {
+                items: rows
+                    .into_iter()
+                    .map(|(_, key, value)| wit_storage::Item { key, value })
+                    .collect(),
+                next,
+            }
+        }))
+    }
+}
+
+/// Parses the JSON values and cursor of an index query.
+fn index_query(query: &wit_storage::IndexQuery) -> crate::error::Result<index::IndexQuery> {
+    let limit = query.limit.unwrap_or(records::QUERY_ITEMS_DEFAULT);
+    if !(1..=records::QUERY_ITEMS_MAX).contains(&limit) {
+        return Err(Error::invalid(
+            "limit",
+            format!("is between 1 and {}", records::QUERY_ITEMS_MAX),
+        ));
+    }
+    let value = |field: String, text: &str| {
+        serde_json::from_str::<serde_json::Value>(text)
+            .map_err(|e| Error::invalid(field, format!("is not a JSON value: {e}")))
+    };
+    let equals = query
+        .equals
+        .iter()
+        .enumerate()
+        .map(|(i, text)| value(format!("equals[{i}]"), text))
+        .collect::<crate::error::Result<Vec<_>>>()?;
+    Ok(index::IndexQuery {
+        equals,
+        from: query
+            .from
+            .as_deref()
+            .map(|t| value("from".to_owned(), t))
+            .transpose()?,
+        to: query
+            .to
+            .as_deref()
+            .map(|t| value("to".to_owned(), t))
+            .transpose()?,
+        descending: query.descending,
+        after: query
+            .after
+            .as_deref()
+            .map(index::parse_cursor)
+            .transpose()?,
+        limit,
+    })
 }
 
 impl wit_authz::Host for CallState {

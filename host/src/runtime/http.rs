@@ -13,6 +13,7 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::dispatch::{DeadLetter, DeadLetterFilter};
 use super::registry::{COMPONENT_BYTES_MAX, PluginChanges, PluginRequest, PluginView};
 use crate::api::AppState;
 use crate::api::auth::{Authorized, InCompany, need, principal_key};
@@ -230,4 +231,45 @@ pub async fn plugin_route(
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(reply)
+}
+
+/// Routes of event delivery: the dead-letter list and its replay.
+pub fn events_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list_dead_letters, replay_dead_letters))
+}
+
+/// Deliveries that failed every attempt, oldest event first (at most 500), optionally of one
+/// subscriber or one event.
+#[utoipa::path(get, path = "/dead-letters", tag = "events", params(DeadLetterFilter),
+    responses((status = 200, body = Vec<DeadLetter>), (status = 403, body = Problem)))]
+async fn list_dead_letters(
+    State(state): State<AppState>,
+    auth: Authorized<need::PluginsRead>,
+    crate::api::extract::Params(filter): crate::api::extract::Params<DeadLetterFilter>,
+) -> Result<Json<Vec<DeadLetter>>> {
+    Ok(Json(
+        state.runtime.dead_letters(&auth.company, &filter).await?,
+    ))
+}
+
+/// How many dead letters went back in line.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct Replayed {
+    replayed: u64,
+}
+
+/// Replay dead letters: those matching the body (`plugin` and/or `event`; `{}` for all) get a
+/// fresh round of attempts. Delivery order within a subject is not restored by a replay.
+#[utoipa::path(post, path = "/dead-letters", tag = "events", request_body = DeadLetterFilter,
+    responses((status = 200, body = Replayed), (status = 404, body = Problem), (status = 422, body = Problem)))]
+async fn replay_dead_letters(
+    State(state): State<AppState>,
+    auth: Authorized<need::PluginsManage>,
+    Body(filter): Body<DeadLetterFilter>,
+) -> Result<Json<Replayed>> {
+    let replayed = state
+        .runtime
+        .replay_dead_letters(&auth.company, &filter, &auth.origin)
+        .await?;
+    Ok(Json(Replayed { replayed }))
 }

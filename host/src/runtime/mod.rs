@@ -1,5 +1,5 @@
 //! The plugin runtime: business modules as sandboxed WebAssembly components against the WIT
-//! package `keel:platform@0.1.0` (`wit/keel-platform-0.1.0`).
+//! packages `keel:platform@0.1.0` and `@0.2.0` (`wit/`), served side by side.
 //!
 //! One engine with the pooling allocator serves every plugin; each component is compiled once
 //! and kept on disk ([`engine::CompiledCache`]); each installed version has an `InstancePre`,
@@ -7,19 +7,25 @@
 //! runs within named [`limits`], and does all its writes in one transaction that commits only
 //! when the call succeeds.
 
+mod adapt;
 mod bindings;
 mod call;
 pub mod capability;
+pub mod declarations;
+pub mod dispatch;
 pub mod engine;
+mod fabric;
 pub mod http;
+mod index;
 pub mod limits;
 pub mod registry;
+mod schema;
 mod stats;
 mod storage;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use wasmtime::Store;
@@ -28,14 +34,16 @@ use wasmtime::component::{Component, Linker};
 use crate::authz::Authz;
 use crate::db::{Database, Tx};
 use crate::error::{Error, Result};
+pub use bindings::ApiVersion;
 use bindings::{Plugin, PluginPre};
 use call::{CallContext, CallState, Services, Stop};
+pub use dispatch::{DEFAULT_POLICY, DispatchPolicy};
 pub use stats::PluginStats;
 
-/// The version of the host API this host implements.
-pub const API_VERSION: &str = "0.1.0";
+/// The newest version of the host API, the one new plugins build against.
+pub const API_VERSION: &str = "0.2.0";
 
-/// Interfaces of the host API a component may import.
+/// Interfaces of the host API a component may import, in every version served.
 const KEEL_INTERFACES: &[&str] = &[
     "types",
     "ledger",
@@ -45,6 +53,8 @@ const KEEL_INTERFACES: &[&str] = &[
     "log",
     "http",
     "events",
+    "calls",
+    "hooks",
     "plugin-meta",
 ];
 
@@ -87,8 +97,10 @@ pub struct Runtime {
     authz: Arc<Authz>,
     cache: engine::CompiledCache,
     linker: Linker<CallState>,
+    /// The versions of the host API this runtime serves.
+    served: Vec<ApiVersion>,
     /// Instantiation templates by component hash.
-    prepared: Mutex<HashMap<String, PluginPre<CallState>>>,
+    prepared: Mutex<HashMap<String, PluginPre>>,
     stats: stats::Stats,
     /// Bounds the calls in flight to the instance slots the engine reserved.
     slots: tokio::sync::Semaphore,
@@ -96,6 +108,27 @@ pub struct Runtime {
     compilations: std::sync::atomic::AtomicU64,
     /// Request rate of plugins whose admin set one, by company and plugin.
     rates: Mutex<HashMap<(i64, String), RateBucket>>,
+    dispatch_policy: Mutex<DispatchPolicy>,
+    /// This runtime, for host calls that call other plugins.
+    me: Weak<Runtime>,
+}
+
+/// How a runtime is set up beyond its database.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// The versions of the host API served; all by default. Serving fewer shows how an older
+    /// host answers a newer plugin.
+    pub served: Vec<ApiVersion>,
+    pub dispatch_policy: DispatchPolicy,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        Self {
+            served: ApiVersion::ALL.to_vec(),
+            dispatch_policy: DEFAULT_POLICY,
+        }
+    }
 }
 
 /// A token bucket: `rate` tokens a second, holding at most one second's worth.
@@ -121,28 +154,42 @@ struct Finished<T> {
 
 impl Runtime {
     /// The runtime, keeping compiled components under `cache_root`.
-    pub fn new(db: Database, authz: Arc<Authz>, cache_root: &Path) -> anyhow::Result<Self> {
+    pub fn new(db: Database, authz: Arc<Authz>, cache_root: &Path) -> anyhow::Result<Arc<Self>> {
+        Self::with_options(db, authz, cache_root, RuntimeOptions::default())
+    }
+
+    pub fn with_options(
+        db: Database,
+        authz: Arc<Authz>,
+        cache_root: &Path,
+        options: RuntimeOptions,
+    ) -> anyhow::Result<Arc<Self>> {
         let mut linker = Linker::new(engine::engine());
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(wasm_error)?;
-        Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |state| state)
-            .map_err(wasm_error)?;
-        Ok(Self {
+        for version in &options.served {
+            version.add_to_linker(&mut linker).map_err(wasm_error)?;
+        }
+        Ok(Arc::new_cyclic(|me| Self {
             db,
             authz,
             cache: engine::CompiledCache::new(cache_root),
             linker,
+            served: options.served,
             prepared: Mutex::new(HashMap::new()),
             stats: stats::Stats::default(),
             slots: tokio::sync::Semaphore::new(engine::CALLS_IN_FLIGHT_MAX),
             compilations: std::sync::atomic::AtomicU64::new(0),
             rates: Mutex::new(HashMap::new()),
-        })
+            dispatch_policy: Mutex::new(options.dispatch_policy),
+            me: me.clone(),
+        }))
     }
 
     fn services(&self) -> Services {
         Services {
             db: self.db.clone(),
             authz: self.authz.clone(),
+            runtime: self.me.clone(),
         }
     }
 
@@ -172,7 +219,7 @@ impl Runtime {
     }
 
     /// The instantiation template of an installed component.
-    async fn prepared(&self, hash: &str) -> Result<PluginPre<CallState>> {
+    async fn prepared(&self, hash: &str) -> Result<PluginPre> {
         if let Some(pre) = self.lock_prepared().get(hash) {
             return Ok(pre.clone());
         }
@@ -182,20 +229,44 @@ impl Runtime {
         Ok(pre)
     }
 
-    fn lock_prepared(&self) -> std::sync::MutexGuard<'_, HashMap<String, PluginPre<CallState>>> {
+    fn lock_prepared(&self) -> std::sync::MutexGuard<'_, HashMap<String, PluginPre>> {
         self.prepared
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Links a component against the host API, naming every import the host does not offer.
-    fn prepare(&self, component: &Component) -> Result<PluginPre<CallState>> {
-        let missing = missing_imports(component);
+    fn served_list(&self) -> String {
+        self.served
+            .iter()
+            .map(|v| v.as_str())
+            .collect::<Vec<_>>()
+            .join(" and ")
+    }
+
+    /// Links a component against the version of the host API it was built for, naming every
+    /// import the host does not offer.
+    fn prepare(&self, component: &Component) -> Result<PluginPre> {
+        let built_for = api_version_of(component);
+        let version = ApiVersion::serving(&built_for)
+            .filter(|v| self.served.contains(v))
+            .ok_or_else(|| {
+                Error::invalid(
+                    "component",
+                    format!(
+                        "is built against keel:platform@{built_for}, which this host does not \
+                         serve (it serves {}); run a Keel release that serves {built_for}, or \
+                         build the plugin against a version this host serves",
+                        self.served_list()
+                    ),
+                )
+            })?;
+        let missing = missing_imports(component, &self.served);
         if !missing.is_empty() {
             return Err(Error::invalid(
                 "component",
                 format!(
-                    "imports what this host does not offer (it serves keel:platform@{API_VERSION}): {}",
+                    "imports what this host does not offer (it serves keel:platform@{}): {}",
+                    self.served_list(),
                     missing.join(", ")
                 ),
             ));
@@ -204,11 +275,12 @@ impl Runtime {
             .linker
             .instantiate_pre(component)
             .map_err(|error| Error::invalid("component", format!("cannot be linked: {error:#}")))?;
-        PluginPre::new(instance_pre).map_err(|error| {
+        PluginPre::new(version, instance_pre).map_err(|error| {
             Error::invalid(
                 "component",
                 format!(
-                    "is not a Keel plugin (world keel:platform/plugin@{API_VERSION}): {error:#}"
+                    "is not a Keel plugin (world keel:platform/plugin@{}): {error:#}",
+                    version.as_str()
                 ),
             )
         })
@@ -228,17 +300,24 @@ impl Runtime {
     /// transaction the caller began; otherwise the call begins one when it first needs it.
     async fn run<T>(
         &self,
-        pre: &PluginPre<CallState>,
+        pre: &PluginPre,
         context: CallContext,
         tx: Option<Tx>,
         export: impl AsyncFnOnce(&Plugin, &mut Store<CallState>) -> wasmtime::Result<T>,
         reports_error: impl Fn(&T) -> bool,
     ) -> Finished<T> {
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .expect("the semaphore is never closed");
+        // A nested call (one plugin calling another) runs on its caller's slot: waiting for a
+        // second slot while holding one could deadlock.
+        let _slot = if context.depth == 0 {
+            Some(
+                self.slots
+                    .acquire()
+                    .await
+                    .expect("the semaphore is never closed"),
+            )
+        } else {
+            None
+        };
         let started = Instant::now();
         let limits = context.limits;
         let company_id = context.company.id;
@@ -324,6 +403,21 @@ impl Runtime {
         Ok(())
     }
 
+    pub fn dispatch_policy(&self) -> DispatchPolicy {
+        *self
+            .dispatch_policy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Changes how event deliveries are retried (tests shorten the backoff).
+    pub fn set_dispatch_policy(&self, policy: DispatchPolicy) {
+        *self
+            .dispatch_policy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = policy;
+    }
+
     /// How many components this runtime compiled instead of loading them from the cache.
     pub fn compilations(&self) -> u64 {
         self.compilations.load(std::sync::atomic::Ordering::Relaxed)
@@ -397,21 +491,27 @@ pub fn check_header(bytes: &[u8]) -> Result<()> {
 }
 
 /// The component's imports the host does not offer.
-fn missing_imports(component: &Component) -> Vec<String> {
+fn missing_imports(component: &Component, served: &[ApiVersion]) -> Vec<String> {
     let engine = engine::engine();
     component
         .component_type()
         .imports(engine)
         .map(|(name, _)| name.to_owned())
-        .filter(|name| !offered(name))
+        .filter(|name| !offered(name, served))
         .collect()
 }
 
 /// Whether the host links an import of this name (semver-compatible versions included).
-fn offered(name: &str) -> bool {
+fn offered(name: &str, served: &[ApiVersion]) -> bool {
     let (interface, version) = name.split_once('@').unwrap_or((name, ""));
     if let Some(keel) = interface.strip_prefix("keel:platform/") {
-        return KEEL_INTERFACES.contains(&keel) && compatible(version, API_VERSION);
+        let introduced = match keel {
+            "calls" | "hooks" => ApiVersion::V0_2,
+            _ => ApiVersion::V0_1,
+        };
+        return KEEL_INTERFACES.contains(&keel)
+            && ApiVersion::serving(version)
+                .is_some_and(|v| v >= introduced && served.contains(&v));
     }
     WASI_INTERFACES.contains(&interface) && version.starts_with("0.2.")
 }
@@ -431,7 +531,7 @@ fn compatible(wanted: &str, offered: &str) -> bool {
 }
 
 /// The version of the host API a component was built against: the newest keel:platform
-/// version among its imports (a plugin that imports nothing from Keel runs on any 0.1 host).
+/// version among its imports (a plugin that imports nothing from Keel is taken as 0.1.0).
 fn api_version_of(component: &Component) -> String {
     component
         .component_type()
@@ -448,7 +548,7 @@ fn api_version_of(component: &Component) -> String {
                 .map(|p| p.parse::<u64>().unwrap_or(0))
                 .collect::<Vec<_>>()
         })
-        .unwrap_or_else(|| API_VERSION.to_owned())
+        .unwrap_or_else(|| ApiVersion::V0_1.as_str().to_owned())
 }
 
 #[cfg(test)]
@@ -457,12 +557,20 @@ mod tests {
 
     #[test]
     fn imports_match_by_semver() {
-        assert!(offered("keel:platform/ledger@0.1.0"));
-        assert!(!offered("keel:platform/ledger@0.2.0"));
-        assert!(!offered("keel:platform/ledger@0.1.1"));
-        assert!(!offered("keel:platform/payroll@0.1.0"));
-        assert!(offered("wasi:io/streams@0.2.6"));
-        assert!(!offered("wasi:http/outgoing-handler@0.2.6"));
+        let all = ApiVersion::ALL;
+        assert!(offered("keel:platform/ledger@0.1.0", &all));
+        assert!(offered("keel:platform/ledger@0.2.0", &all));
+        assert!(!offered("keel:platform/ledger@0.2.0", &[ApiVersion::V0_1]));
+        assert!(!offered("keel:platform/ledger@0.1.1", &all));
+        assert!(!offered("keel:platform/ledger@0.3.0", &all));
+        assert!(!offered("keel:platform/calls@0.1.0", &all));
+        assert!(offered("keel:platform/calls@0.2.0", &all));
+        assert!(!offered("keel:platform/payroll@0.1.0", &all));
+        assert!(offered("wasi:io/streams@0.2.6", &all));
+        assert!(!offered("wasi:http/outgoing-handler@0.2.6", &all));
+        assert_eq!(ApiVersion::serving("0.1.0"), Some(ApiVersion::V0_1));
+        assert_eq!(ApiVersion::serving("0.2.0"), Some(ApiVersion::V0_2));
+        assert_eq!(ApiVersion::serving("0.3.0"), None);
         assert!(compatible("1.2.0", "1.3.1"));
         assert!(!compatible("1.4.0", "1.3.1"));
     }

@@ -11,11 +11,14 @@ use sqlx::Row as _;
 use utoipa::ToSchema;
 
 use super::bindings::PluginPre;
-use super::bindings::keel::platform::http::{Request as WitRequest, Response as WitResponse};
+use super::bindings::latest::keel::platform::http::{
+    Header as WitHeader, Request as WitRequest, Response as WitResponse,
+};
 use super::call::{self, CallContext, CallState, Stop, Stopped};
 use super::capability::{self, Capability};
+use super::declarations::Declarations;
 use super::limits::{DEFAULT_LIMITS, LimitOverrides, Limits};
-use super::{Runtime, check_header, stats::PluginStats, storage};
+use super::{Runtime, check_header, index, stats::PluginStats, storage};
 use crate::audit::{self, Event, Origin};
 use crate::company::Company;
 use crate::db::{Database, Tx, UniqueConstraint};
@@ -67,18 +70,19 @@ impl Status {
 
 /// An installed plugin as stored.
 #[derive(Debug, Clone)]
-struct PluginRow {
+pub(super) struct PluginRow {
     name: String,
     version: String,
     api_version: String,
-    component_hash: String,
+    pub(super) component_hash: String,
     description: String,
-    status: Status,
+    pub(super) status: Status,
     requested: Vec<Capability>,
     granted: Vec<Capability>,
     subscriptions: Vec<String>,
     limits: LimitOverrides,
     migrated_version: Option<String>,
+    pub(super) declarations: Declarations,
     installed_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -99,6 +103,8 @@ pub struct PluginView {
     /// What an admin granted (always among the requested).
     pub granted: Vec<Capability>,
     pub subscriptions: Vec<String>,
+    /// Indexed collections, extension points, hooks, operations and party fields.
+    pub declarations: Declarations,
     /// The limits in force for each call.
     pub limits: Limits,
     /// The admin's overrides of the default limits.
@@ -134,7 +140,8 @@ struct Validated {
     description: String,
     requested: Vec<Capability>,
     subscriptions: Vec<String>,
-    pre: PluginPre<CallState>,
+    declarations: Declarations,
+    pre: PluginPre,
 }
 
 /// An HTTP request for a plugin, as the host received it.
@@ -219,8 +226,8 @@ fn capabilities_json(capabilities: &[Capability]) -> String {
 }
 
 const SELECT_PLUGIN: &str = "SELECT name, version, api_version, component_hash, description, status, \
-     requested, granted, subscriptions, limits, migrated_version, installed_at, updated_at \
-     FROM plugins";
+     requested, granted, subscriptions, limits, migrated_version, declarations, installed_at, \
+     updated_at FROM plugins";
 
 macro_rules! plugin_from_row {
     ($row:expr) => {{
@@ -239,6 +246,7 @@ macro_rules! plugin_from_row {
                 subscriptions: serde_json::from_str(&json("subscriptions")?)?,
                 limits: serde_json::from_str(&json("limits")?)?,
                 migrated_version: row.try_get("migrated_version")?,
+                declarations: serde_json::from_str(&json("declarations")?)?,
                 installed_at: row.try_get("installed_at")?,
                 updated_at: row.try_get("updated_at")?,
             })
@@ -261,6 +269,11 @@ async fn find(
         }
     });
     Ok(row)
+}
+
+/// The installed plugin `name`, whatever its status.
+pub(super) async fn plugin_row(tx: &mut Tx, company: &Company, name: &str) -> Result<PluginRow> {
+    get(tx, company, name, false).await
 }
 
 async fn get(tx: &mut Tx, company: &Company, name: &str, for_update: bool) -> Result<PluginRow> {
@@ -288,12 +301,13 @@ async fn list(tx: &mut Tx, company: &Company) -> Result<Vec<PluginRow>> {
 async fn save(tx: &mut Tx, company: &Company, row: &PluginRow, insert: bool) -> Result<()> {
     let sql = if insert {
         "INSERT INTO plugins (company_id, name, version, api_version, component_hash, description, status, \
-         requested, granted, subscriptions, limits, migrated_version, installed_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+         requested, granted, subscriptions, limits, migrated_version, installed_at, updated_at, \
+         declarations) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
     } else {
         "UPDATE plugins SET version = $3, api_version = $4, component_hash = $5, description = $6, \
          status = $7, requested = $8, granted = $9, subscriptions = $10, limits = $11, \
-         migrated_version = $12, installed_at = $13, updated_at = $14 \
+         migrated_version = $12, installed_at = $13, updated_at = $14, declarations = $15 \
          WHERE company_id = $1 AND name = $2"
     };
     let saved = on_conn!(tx, conn => {
@@ -312,18 +326,74 @@ async fn save(tx: &mut Tx, company: &Company, row: &PluginRow, insert: bool) -> 
             .bind(&row.migrated_version)
             .bind(row.installed_at)
             .bind(row.updated_at)
+            .bind(serde_json::to_string(&row.declarations).map_err(anyhow::Error::from)?)
             .execute(&mut *conn)
             .await
             .map(|_| ())
     });
     match saved.map_err(anyhow::Error::from) {
-        Ok(()) => Ok(()),
+        Ok(()) => sync_fabric(tx, company, row).await,
         Err(error) if PLUGIN_NAME_UNIQUE.is_violated_by(&error) => Err(Error::Conflict(format!(
             "a plugin {:?} is installed already; upgrade it instead",
             row.name
         ))),
         Err(error) => Err(error.into()),
     }
+}
+
+/// Brings the fabric's tables in line with a saved plugin: its subscriptions and hook
+/// implementations (none once uninstalled) and the indexes over its collections.
+async fn sync_fabric(tx: &mut Tx, company: &Company, row: &PluginRow) -> Result<()> {
+    let installed = row.status != Status::Uninstalled;
+    on_conn!(tx, conn => {
+        for table in ["plugin_subscriptions", "plugin_hooks"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE company_id = $1 AND plugin = $2"))
+                .bind(company.id)
+                .bind(&row.name)
+                .execute(&mut *conn)
+                .await?;
+        }
+        if installed {
+            let mut topics: Vec<&String> = row.subscriptions.iter().collect();
+            topics.sort();
+            topics.dedup();
+            for topic in topics {
+                sqlx::query(
+                    "INSERT INTO plugin_subscriptions (company_id, topic, plugin) VALUES ($1, $2, $3)",
+                )
+                .bind(company.id)
+                .bind(topic)
+                .bind(&row.name)
+                .execute(&mut *conn)
+                .await?;
+            }
+            let mut seen = std::collections::HashSet::new();
+            for hook in &row.declarations.hooks {
+                if !seen.insert(&hook.point) {
+                    continue;
+                }
+                sqlx::query(
+                    "INSERT INTO plugin_hooks (company_id, point, plugin, operation, position) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(company.id)
+                .bind(&hook.point)
+                .bind(&row.name)
+                .bind(&hook.operation)
+                .bind(hook.order)
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
+    });
+    if installed {
+        let owner = storage::Owner {
+            company_id: company.id,
+            plugin: &row.name,
+        };
+        index::sync(tx, owner, &row.declarations.collections).await?;
+    }
+    Ok(())
 }
 
 async fn save_component(tx: &mut Tx, hash: &str, bytes: &[u8]) -> Result<()> {
@@ -392,6 +462,7 @@ impl Runtime {
             requested: row.requested,
             granted: row.granted,
             subscriptions: row.subscriptions,
+            declarations: row.declarations,
             migrated_version: row.migrated_version,
             installed_at: row.installed_at,
             updated_at: row.updated_at,
@@ -434,15 +505,25 @@ impl Runtime {
                 format!(
                     "asks for capabilities this host does not know: {}; known are {}",
                     unknown.join(", "),
-                    Capability::ALL.map(Capability::as_str).join(", ")
+                    Capability::known()
                 ),
             ));
             Vec::new()
         });
+        for topic in &manifest.subscriptions {
+            if crate::events::check_topic(topic).is_err() {
+                errors.push(FieldError::new(
+                    "manifest.subscriptions",
+                    format!("{topic:?} is not a topic such as \"ledger.entry.posted\""),
+                ));
+            }
+        }
+        let declarations = Declarations::from_manifest(&manifest.name, &manifest, &mut errors);
         if !errors.is_empty() {
             return Err(Error::Invalid(errors));
         }
         Ok(Validated {
+            declarations,
             api_version: super::api_version_of(&component),
             hash,
             name: manifest.name,
@@ -458,8 +539,8 @@ impl Runtime {
     async fn read_manifest(
         &self,
         company: &Company,
-        pre: &PluginPre<CallState>,
-    ) -> Result<super::bindings::keel::platform::plugin_meta::PluginManifest> {
+        pre: &PluginPre,
+    ) -> Result<super::bindings::latest::keel::platform::plugin_meta::PluginManifest> {
         let context = CallContext {
             company: company.clone(),
             plugin: "(manifest)".to_owned(),
@@ -468,6 +549,8 @@ impl Runtime {
             origin: Origin::system(),
             limits: DEFAULT_LIMITS,
             read_only: true,
+            declarations: std::sync::Arc::default(),
+            depth: 0,
         };
         self.run(
             pre,
@@ -515,6 +598,7 @@ impl Runtime {
             requested: validated.requested.clone(),
             granted: Vec::new(),
             subscriptions: validated.subscriptions.clone(),
+            declarations: validated.declarations.clone(),
             limits: LimitOverrides::default(),
             migrated_version: existing.as_ref().and_then(|e| e.migrated_version.clone()),
             installed_at: now,
@@ -598,10 +682,10 @@ impl Runtime {
                     format!("unknown capabilities: {}", unknown.join(", ")),
                 )
             })?;
-            let unrequested: Vec<&str> = granted
+            let unrequested: Vec<String> = granted
                 .iter()
                 .filter(|c| !before.requested.contains(c))
-                .map(|c| c.as_str())
+                .map(ToString::to_string)
                 .collect();
             if !unrequested.is_empty() {
                 return Err(Error::invalid(
@@ -658,7 +742,7 @@ impl Runtime {
         &self,
         company: &Company,
         row: &PluginRow,
-        pre: &PluginPre<CallState>,
+        pre: &PluginPre,
         acting_user: Option<i64>,
         origin: &Origin,
         tx: Tx,
@@ -690,7 +774,7 @@ impl Runtime {
         }
     }
 
-    fn context(
+    pub(super) fn context(
         &self,
         company: &Company,
         row: &PluginRow,
@@ -708,6 +792,8 @@ impl Runtime {
             origin,
             limits: row.limits.apply(),
             read_only,
+            declarations: std::sync::Arc::new(row.declarations.clone()),
+            depth: 0,
         }
     }
 
@@ -751,11 +837,12 @@ impl Runtime {
             granted: before
                 .granted
                 .iter()
-                .copied()
                 .filter(|c| validated.requested.contains(c))
+                .cloned()
                 .collect(),
             requested: validated.requested.clone(),
             subscriptions: validated.subscriptions.clone(),
+            declarations: validated.declarations.clone(),
             updated_at: Utc::now(),
             ..before.clone()
         };
@@ -825,6 +912,7 @@ impl Runtime {
             plugin: name,
         };
         let records = storage::purge(&mut tx, owner).await?;
+        index::purge(&mut tx, owner).await?;
         on_conn!(&mut tx, conn => {
             sqlx::query("DELETE FROM plugins WHERE company_id = $1 AND name = $2")
                 .bind(company.id)
@@ -844,11 +932,7 @@ impl Runtime {
     }
 
     /// The enabled plugin `name` and its instantiation template.
-    async fn enabled(
-        &self,
-        company: &Company,
-        name: &str,
-    ) -> Result<(PluginRow, PluginPre<CallState>)> {
+    async fn enabled(&self, company: &Company, name: &str) -> Result<(PluginRow, PluginPre)> {
         let row = self
             .db
             .read(async |tx: &mut Tx| get(tx, company, name, false).await)
@@ -903,7 +987,7 @@ impl Runtime {
             headers: request
                 .headers
                 .into_iter()
-                .map(|(name, value)| super::bindings::keel::platform::http::Header { name, value })
+                .map(|(name, value)| WitHeader { name, value })
                 .collect(),
             body: request.body,
         };
@@ -982,9 +1066,7 @@ impl Runtime {
                 context,
                 None,
                 async |plugin, store| {
-                    let output = plugin
-                        .call_invoke(&mut *store, operation, &input.to_owned())
-                        .await?;
+                    let output = plugin.call_invoke(&mut *store, operation, input).await?;
                     if let Ok(output) = &output {
                         check_output(store, output.len(), limits)?;
                     }
@@ -1006,7 +1088,7 @@ impl Runtime {
 }
 
 /// Stops a call whose answer is larger than its limit.
-fn check_output(
+pub(super) fn check_output(
     store: &mut wasmtime::Store<CallState>,
     bytes: usize,
     limits: Limits,

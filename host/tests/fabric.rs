@@ -1,0 +1,346 @@
+//! The plugin fabric end to end, on both backends: plugins built against keel:platform@0.1.0
+//! running unchanged beside 0.2.0 ones, indexed storage, events with retries and dead
+//! letters, calls between plugins, and extension points with their hooks.
+//!
+//! The components are built by `scripts/build-plugins`; the golden ones are committed under
+//! `tests/golden/`.
+
+mod common;
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+use axum::http::Method;
+use common::TestApp;
+use keel_host::runtime::{ApiVersion, DispatchPolicy, Runtime, RuntimeOptions};
+use keel_host::testing::{Step, contains};
+use serde_json::{Value, json};
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn rust_plugin(name: &str) -> Vec<u8> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace().join("target"), PathBuf::from);
+    let path = target.join(format!(
+        "wasm32-wasip2/plugin/{}.wasm",
+        name.replace('-', "_")
+    ));
+    std::fs::read(&path).unwrap_or_else(|error| {
+        panic!(
+            "{}: {error}; build the test plugins first with scripts/build-plugins",
+            path.display()
+        )
+    })
+}
+
+fn gunzip(path: &Path) -> Vec<u8> {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(file)
+        .read_to_end(&mut bytes)
+        .expect("a gzip file");
+    bytes
+}
+
+/// Installs a component, grants everything it asks for and enables it.
+async fn install_enabled(app: &TestApp, bytes: Vec<u8>) -> Value {
+    let installed = app
+        .request(Method::POST, "/api/v1/plugins", &[], Some(bytes))
+        .await;
+    assert_eq!(installed.status, 201, "{}", installed.text);
+    let name = installed.body["name"].as_str().expect("a name").to_owned();
+    let enabled = app
+        .patch(
+            &format!("/api/v1/plugins/{name}"),
+            json!({ "granted": installed.body["requested"], "status": "enabled" }),
+        )
+        .await;
+    assert_eq!(enabled.status, 200, "{}", enabled.text);
+    enabled.body
+}
+
+async fn send(app: &TestApp, method: Method, path: &str, body: &Value) -> common::Reply {
+    app.request(
+        method,
+        path,
+        &[("content-type", "application/json")],
+        Some(body.to_string().into_bytes()),
+    )
+    .await
+}
+
+/// Fast retries, so a delivery runs out of attempts within a test.
+fn quick_retries(app: &TestApp) {
+    app.state.runtime.set_dispatch_policy(DispatchPolicy {
+        attempts_max: 3,
+        backoff_base_ms: 0,
+        backoff_max_ms: 0,
+        ..keel_host::runtime::DEFAULT_POLICY
+    });
+}
+
+async fn seen(app: &TestApp, plugin: &str) -> Vec<Value> {
+    let seen = app.get(&format!("/api/v1/plugins/{plugin}/seen")).await;
+    assert_eq!(seen.status, 200, "{}", seen.text);
+    seen.body.as_array().expect("a list").clone()
+}
+
+on_both_backends! {
+    async fn golden_plugins_built_against_0_1_0_run_unchanged(app: TestApp) {
+        let golden = workspace().join("tests/golden/0.1.0");
+        let scenario = std::fs::read_to_string(golden.join("expenses.scenario.jsonl"))
+            .expect("the golden scenario");
+        for language in ["rust", "python", "js"] {
+            let bytes = gunzip(&golden.join(format!("expenses-{language}.wasm.gz")));
+            let plugin = install_enabled(&app, bytes).await;
+            assert_eq!(plugin["api_version"], "0.1.0", "{plugin}");
+            for line in scenario.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
+                let step: Step = serde_json::from_str(line).expect("a scenario step");
+                let path = format!("/api/v1/plugins/expenses{}", step.path);
+                let method = Method::from_bytes(step.method.as_bytes()).expect("a method");
+                let reply = match &step.body {
+                    Some(body) => send(&app, method, &path, body).await,
+                    None => app.request(method, &path, &[], None).await,
+                };
+                assert_eq!(reply.status.as_u16(), step.status, "{language}: {line}: {}", reply.text);
+                if let Some(expected) = &step.expect {
+                    assert!(contains(&reply.body, expected), "{language}: {line}: {}", reply.text);
+                }
+            }
+            let removed = app.request(Method::DELETE, "/api/v1/plugins/expenses", &[], None).await;
+            assert_eq!(removed.status, 204, "{}", removed.text);
+            let purged = app
+                .request(Method::DELETE, "/api/v1/plugins/expenses?purge=true", &[], None)
+                .await;
+            assert_eq!(purged.status, 204, "{}", purged.text);
+        }
+        // A 0.2.0 plugin runs beside them.
+        let hub = install_enabled(&app, rust_plugin("hub")).await;
+        assert_eq!(hub["api_version"], "0.2.0", "{hub}");
+    }
+
+    async fn a_host_serving_only_0_1_0_refuses_a_0_2_0_plugin_clearly(app: TestApp) {
+        let cache = tempfile::tempdir().expect("a temporary folder");
+        let old_host = Runtime::with_options(
+            app.state.db.clone(),
+            app.state.authz.clone(),
+            cache.path(),
+            RuntimeOptions { served: vec![ApiVersion::V0_1], ..RuntimeOptions::default() },
+        )
+        .expect("a runtime");
+        let company = app.state.companies.default_company();
+        let origin = keel_host::audit::Origin::system();
+        let refused = old_host
+            .install(&company, &rust_plugin("hub"), &origin)
+            .await
+            .expect_err("a 0.2.0 plugin on a 0.1.0 host");
+        let message = refused.to_string();
+        assert!(message.contains("keel:platform@0.2.0"), "{message}");
+        assert!(message.contains("serves 0.1.0"), "{message}");
+        // The same host still takes a 0.1.0 plugin.
+        let golden = gunzip(&workspace().join("tests/golden/0.1.0/expenses-rust.wasm.gz"));
+        let installed = old_host.install(&company, &golden, &origin).await.expect("a 0.1.0 plugin");
+        assert_eq!(installed.api_version, "0.1.0");
+    }
+
+    async fn indexed_storage_answers_equality_and_ranges_in_order_with_cursors(app: TestApp) {
+        install_enabled(&app, rust_plugin("hub")).await;
+        let orders = [
+            ("o1", "open", json!(30), 7),
+            ("o2", "open", json!(10), 8),
+            ("o3", "closed", json!(20), 7),
+            ("o4", "open", json!(20), 9),
+            ("o5", "open", json!(5.5), 7),
+        ];
+        for (key, status, total, customer) in orders {
+            let order = json!({ "status": status, "total": total, "customer": { "id": customer } });
+            let put = send(&app, Method::PUT, &format!("/api/v1/plugins/hub/orders/{key}"), &order).await;
+            assert_eq!(put.status, 200, "{}", put.text);
+        }
+        let find = async |query: Value| {
+            let reply = app.post("/api/v1/plugins/hub/find", query).await;
+            assert_eq!(reply.status, 200, "{}", reply.text);
+            reply.body
+        };
+        let open = find(json!({ "index": "by-status-total", "equals": ["open"] })).await;
+        assert_eq!(open["keys"], json!(["o5", "o2", "o4", "o1"]), "{open}");
+        let ranged = find(json!({ "index": "by-status-total", "equals": ["open"], "from": 10, "to": 30 })).await;
+        assert_eq!(ranged["keys"], json!(["o2", "o4"]), "{ranged}");
+        let newest = find(json!({ "index": "by-status-total", "equals": ["open"], "descending": true, "limit": 2 })).await;
+        assert_eq!(newest["keys"], json!(["o1", "o4"]), "{newest}");
+        let rest = find(json!({ "index": "by-status-total", "equals": ["open"], "descending": true,
+                                "limit": 2, "after": newest["next"] })).await;
+        assert_eq!(rest["keys"], json!(["o2", "o5"]), "{rest}");
+        let customer = find(json!({ "index": "by-customer", "equals": [7] })).await;
+        assert_eq!(customer["keys"], json!(["o1", "o3", "o5"]), "{customer}");
+
+        // Changing and deleting records keeps the indexes in step.
+        let closed = json!({ "status": "closed", "total": 30, "customer": { "id": 7 } });
+        send(&app, Method::PUT, "/api/v1/plugins/hub/orders/o1", &closed).await;
+        app.request(Method::DELETE, "/api/v1/plugins/hub/orders/o5", &[], None).await;
+        let open = find(json!({ "index": "by-status-total", "equals": ["open"] })).await;
+        assert_eq!(open["keys"], json!(["o2", "o4"]), "{open}");
+        let closed = find(json!({ "index": "by-status-total", "equals": ["closed"] })).await;
+        assert_eq!(closed["keys"], json!(["o3", "o1"]), "{closed}");
+
+        let unknown = app.post("/api/v1/plugins/hub/find", json!({ "index": "by-colour" })).await;
+        assert_eq!(unknown.status, 422, "{}", unknown.text);
+        let too_many = app
+            .post("/api/v1/plugins/hub/find", json!({ "index": "by-customer", "equals": [1, 2] }))
+            .await;
+        assert_eq!(too_many.status, 422, "{}", too_many.text);
+        let cursor = app
+            .post("/api/v1/plugins/hub/find", json!({ "index": "by-customer", "after": "nonsense" }))
+            .await;
+        assert_eq!(cursor.status, 422, "{}", cursor.text);
+    }
+
+    async fn events_arrive_in_order_failures_retry_then_dead_letter_and_replay(app: TestApp) {
+        quick_retries(&app);
+        install_enabled(&app, rust_plugin("hub")).await;
+        install_enabled(&app, rust_plugin("spoke-1")).await;
+        install_enabled(&app, rust_plugin("spoke-2")).await;
+        let publish = async |subject: &str, payload: Value| {
+            let reply = app
+                .post("/api/v1/plugins/hub/publish",
+                      json!({ "topic": "hub.thing.happened", "subject": subject, "payload": payload }))
+                .await;
+            assert_eq!(reply.status, 201, "{}", reply.text);
+            reply.body["id"].as_i64().expect("an id")
+        };
+        let first = publish("thing/1", json!({ "n": 1 })).await;
+        let failing = publish("thing/2", json!({ "n": 2, "fail": "spoke-2" })).await;
+        let second = publish("thing/1", json!({ "n": 3 })).await;
+        assert!(first < failing && failing < second);
+        let round = app.state.runtime.dispatch_all().await.expect("dispatching");
+        assert_eq!(round.dead, 1, "{round:?}");
+
+        let ids = |events: Vec<Value>| -> Vec<i64> { events.iter().map(|e| e["id"].as_i64().expect("an id")).collect() };
+        assert_eq!(ids(seen(&app, "spoke-1").await), vec![first, failing, second]);
+        assert_eq!(ids(seen(&app, "spoke-2").await), vec![first, second]);
+
+        let dead = app.get("/api/v1/events/dead-letters").await;
+        assert_eq!(dead.status, 200, "{}", dead.text);
+        let letters = dead.body.as_array().expect("a list");
+        assert_eq!(letters.len(), 1, "{}", dead.text);
+        assert_eq!(letters[0]["subscriber"], "spoke-2");
+        assert_eq!(letters[0]["attempts"], 3);
+        assert_eq!(letters[0]["event"]["id"], failing);
+        assert!(letters[0]["last_error"].as_str().expect("an error").contains("told to fail"), "{}", dead.text);
+
+        let nothing = app.post("/api/v1/events/dead-letters", json!({ "plugin": "spoke-1" })).await;
+        assert_eq!(nothing.status, 404, "{}", nothing.text);
+        let malformed = app.post_raw("/api/v1/events/dead-letters", "{\"plugin\":").await;
+        assert_eq!(malformed.status, 400, "{}", malformed.text);
+        let replayed = app.post("/api/v1/events/dead-letters", json!({ "plugin": "spoke-2" })).await;
+        assert_eq!(replayed.status, 200, "{}", replayed.text);
+        assert_eq!(replayed.body["replayed"], 1);
+        let round = app.state.runtime.dispatch_all().await.expect("dispatching");
+        assert_eq!((round.retried, round.dead), (2, 1), "{round:?}");
+
+        // An event for a subscriber uninstalled before delivery waits for it to come back.
+        let removed = app.request(Method::DELETE, "/api/v1/plugins/spoke-1", &[], None).await;
+        assert_eq!(removed.status, 204, "{}", removed.text);
+        let waiting = publish("thing/3", json!({ "n": 4 })).await;
+        install_enabled(&app, rust_plugin("spoke-1")).await;
+        app.state.runtime.dispatch_all().await.expect("dispatching");
+        assert!(!ids(seen(&app, "spoke-1").await).contains(&waiting), "not subscribed while uninstalled");
+        let kept = publish("thing/3", json!({ "n": 5 })).await;
+        app.request(Method::DELETE, "/api/v1/plugins/spoke-1", &[], None).await;
+        app.state.runtime.dispatch_all().await.expect("dispatching");
+        install_enabled(&app, rust_plugin("spoke-1")).await;
+        app.state.runtime.dispatch_all().await.expect("dispatching");
+        assert!(ids(seen(&app, "spoke-1").await).contains(&kept), "kept for the reinstalled subscriber");
+
+        // The host's own events.
+        let posted = app
+            .post("/api/v1/ledger/entries", common::simple_entry("2025-02-01", "1020", "4000", "10.00"))
+            .await;
+        assert_eq!(posted.status, 201, "{}", posted.text);
+        let party = app
+            .post("/api/v1/parties", json!({ "kind": "organization", "name": "Fabrikam", "roles": ["customer"] }))
+            .await;
+        assert_eq!(party.status, 201, "{}", party.text);
+        app.state.runtime.dispatch_all().await.expect("dispatching");
+        let hub_seen = seen(&app, "hub").await;
+        let entry_subject = format!("entry/{}", posted.body["id"]);
+        assert!(hub_seen.iter().any(|e| e["topic"] == "ledger.entry.posted" && e["subject"] == entry_subject), "{hub_seen:?}");
+        assert!(hub_seen.iter().any(|e| e["topic"] == "parties.party.created" && e["payload"]["name"] == "Fabrikam"), "{hub_seen:?}");
+    }
+
+    async fn calls_need_a_grant_share_the_callers_transaction_and_stop_cycles(app: TestApp) {
+        install_enabled(&app, rust_plugin("hub")).await;
+        install_enabled(&app, rust_plugin("spoke-1")).await;
+        install_enabled(&app, rust_plugin("spoke-2")).await;
+        install_enabled(&app, rust_plugin("spoke-3")).await;
+        let call = async |plugin: &str, operation: &str| {
+            app.post("/api/v1/plugins/hub/call",
+                     json!({ "plugin": plugin, "operation": operation, "input": { "x": 1 } }))
+                .await
+        };
+        let echoed = call("spoke-1", "echo").await;
+        assert_eq!(echoed.status, 200, "{}", echoed.text);
+        assert_eq!(echoed.body, json!({ "from": "spoke-1", "input": { "x": 1 } }));
+
+        let ungranted = call("spoke-3", "echo").await;
+        assert_eq!(ungranted.status, 403, "{}", ungranted.text);
+        assert!(ungranted.text.contains("call:spoke-3/echo"), "{}", ungranted.text);
+        let unknown = call("spoke-1", "nothing").await;
+        assert_eq!(unknown.status, 403, "not granted either: {}", unknown.text);
+
+        let failed = call("spoke-1", "write-then-fail").await;
+        assert_eq!(failed.status, 409, "{}", failed.text);
+        let notes = app.get("/api/v1/plugins/spoke-1/notes").await;
+        assert_eq!(notes.body, json!([]), "the failed call's write is rolled back: {}", notes.text);
+
+        let cycle = call("spoke-1", "recurse").await;
+        assert_eq!(cycle.status, 429, "{}", cycle.text);
+        assert!(cycle.text.contains("nest at most"), "{}", cycle.text);
+
+        // Disabling the callee, or revoking the grant, stops the call.
+        let disabled = app.patch("/api/v1/plugins/spoke-2", json!({ "status": "disabled" })).await;
+        assert_eq!(disabled.status, 200, "{}", disabled.text);
+        let to_disabled = call("spoke-2", "echo").await;
+        assert_eq!(to_disabled.status, 404, "{}", to_disabled.text);
+        let revoked = app.patch("/api/v1/plugins/hub", json!({ "granted": ["storage"] })).await;
+        assert_eq!(revoked.status, 200, "{}", revoked.text);
+        assert_eq!(call("spoke-1", "echo").await.status, 403);
+    }
+
+    async fn hooks_run_in_order_and_failures_are_handled_as_declared(app: TestApp) {
+        install_enabled(&app, rust_plugin("hub")).await;
+        for spoke in ["spoke-3", "spoke-1", "spoke-2"] {
+            install_enabled(&app, rust_plugin(spoke)).await;
+        }
+        let run = async |point: &str, input: Value| {
+            app.post(&format!("/api/v1/plugins/hub/hooks/{point}"), input).await
+        };
+        let lines = json!([{ "sku": "A", "price": 100 }]);
+        let chained = run("adjust", json!({ "lines": lines })).await;
+        assert_eq!(chained.status, 200, "{}", chained.text);
+        assert_eq!(chained.body["applied"], json!(["spoke-1", "spoke-2", "spoke-3"]));
+        assert_eq!(chained.body["lines"][0]["price"], json!(97.03));
+
+        for fault in ["invalid", "loop", "trap", "error"] {
+            let skipped = run("adjust", json!({ "lines": lines, "misbehave": { "spoke-2": fault } })).await;
+            assert_eq!(skipped.status, 200, "{fault}: {}", skipped.text);
+            assert_eq!(skipped.body["applied"], json!(["spoke-1", "spoke-3"]), "{fault}");
+            let failed = run("strict", json!({ "lines": lines, "misbehave": { "spoke-2": fault } })).await;
+            assert_eq!(failed.status, 500, "{fault}: {}", failed.text);
+            assert!(failed.text.contains("spoke-2"), "{fault}: {}", failed.text);
+        }
+
+        let invalid = run("adjust", json!({ "lines": [{ "sku": "A" }] })).await;
+        assert_eq!(invalid.status, 422, "{}", invalid.text);
+        assert!(invalid.text.contains("input.lines[0].price"), "{}", invalid.text);
+        let undeclared = run("nothing", json!({ "lines": [] })).await;
+        assert_eq!(undeclared.status, 422, "{}", undeclared.text);
+
+        // A disabled implementation is left out.
+        app.patch("/api/v1/plugins/spoke-1", json!({ "status": "disabled" })).await;
+        let fewer = run("adjust", json!({ "lines": lines })).await;
+        assert_eq!(fewer.body["applied"], json!(["spoke-2", "spoke-3"]), "{}", fewer.text);
+    }
+}
