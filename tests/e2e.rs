@@ -427,3 +427,101 @@ fn keel_plugin_test_runs_a_scenario_on_a_throwaway_host() {
         stdout(&output)
     );
 }
+
+/// This process's count of delivered events, from its Prometheus metrics.
+async fn delivered_by(server: &Server) -> u64 {
+    let metrics = reqwest::get(server.url("/metrics"))
+        .await
+        .expect("the metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("keel_events_delivered_total "))
+        .map_or(0, |n| n.trim().parse().expect("a count"))
+}
+
+/// Two `keel serve` processes on one PostgreSQL database share event delivery: each event
+/// reaches each subscriber exactly once, though both processes deliver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_event_delivery_on_postgres() {
+    const EVENTS: usize = 600;
+    let database = TestDatabase::postgres().await;
+    let token = process::add_admin(&database);
+    for plugin in ["hub", "spoke_1", "spoke_2"] {
+        let file = workspace_file(&format!("target/wasm32-wasip2/plugin/{plugin}.wasm"));
+        let installed = keel(&["plugin", "install", &file], &database);
+        assert!(installed.status.success(), "{}", stderr(&installed));
+    }
+    let grants: [&[&str]; 3] = [
+        &["hub", "storage", "events:publish"],
+        &["spoke-1", "storage"],
+        &["spoke-2", "storage"],
+    ];
+    for grant in grants {
+        let mut args = vec!["plugin", "grant"];
+        args.extend_from_slice(grant);
+        let granted = keel(&args, &database);
+        assert!(granted.status.success(), "{}", stderr(&granted));
+        let enabled = keel(&["plugin", "enable", grant[0]], &database);
+        assert!(enabled.status.success(), "{}", stderr(&enabled));
+    }
+    // Small batches, so that both processes find work while the other holds some.
+    let (first, _) = Server::start_with(&database, &["--event-batch", "5"]).await;
+    let (second, _) = Server::start_with(&database, &["--event-batch", "5"]).await;
+    let client = process::client(&token);
+    let publishes = (0..EVENTS).map(|n| {
+        let server = if n % 2 == 0 { &first } else { &second };
+        let request = client
+            .post(server.url("/api/v1/plugins/hub/publish"))
+            .json(
+                &json!({ "topic": "hub.thing.happened", "subject": format!("thing/{}", n % 50),
+                           "payload": { "n": n } }),
+            )
+            .send();
+        async move {
+            let response = request.await.expect("publishing");
+            assert_eq!(response.status(), 201);
+        }
+    });
+    futures::future::join_all(publishes).await;
+
+    let started = std::time::Instant::now();
+    loop {
+        let mut done = true;
+        for spoke in ["spoke-1", "spoke-2"] {
+            let counts: Value = client
+                .get(first.url(&format!("/api/v1/plugins/{spoke}/deliveries")))
+                .send()
+                .await
+                .expect("the deliveries")
+                .json()
+                .await
+                .expect("JSON");
+            assert_eq!(
+                counts["deliveries"], counts["events"],
+                "{spoke} got an event twice: {counts}"
+            );
+            done &= counts["events"] == EVENTS;
+        }
+        if done {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "deliveries stalled"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let (by_first, by_second) = (delivered_by(&first).await, delivered_by(&second).await);
+    assert_eq!(
+        by_first + by_second,
+        2 * EVENTS as u64,
+        "{by_first} + {by_second}"
+    );
+    assert!(
+        by_first > 0 && by_second > 0,
+        "both processes deliver: {by_first} and {by_second}"
+    );
+}

@@ -96,6 +96,10 @@ enum Command {
         /// Address to listen on; every route but login needs a token.
         #[arg(long, env = "KEEL_ADDR", default_value = "127.0.0.1:8080")]
         addr: SocketAddr,
+        /// Event deliveries this process claims and commits together.
+        #[arg(long, env = "KEEL_EVENT_BATCH", default_value_t = crate::runtime::DEFAULT_POLICY.batch,
+              value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        event_batch: u32,
         #[command(flatten)]
         database: DatabaseArgs,
     },
@@ -379,7 +383,11 @@ fn init_tracing(format: LogFormat) {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve { addr, database } => serve(addr, &database).await,
+        Command::Serve {
+            addr,
+            event_batch,
+            database,
+        } => serve(addr, event_batch, &database).await,
         Command::Migrate { database } => {
             let (db, companies) = database.open().await?;
             let company = companies.default_company();
@@ -453,7 +461,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(addr: SocketAddr, database: &DatabaseArgs) -> anyhow::Result<()> {
+async fn serve(addr: SocketAddr, event_batch: u32, database: &DatabaseArgs) -> anyhow::Result<()> {
     let (db, companies) = database.open().await?;
     db.checkpoint_in_background();
     let state = AppState::new(db.clone(), companies, &database.compiled_plugins()).await?;
@@ -467,6 +475,12 @@ async fn serve(addr: SocketAddr, database: &DatabaseArgs) -> anyhow::Result<()> 
         );
     }
     // Delivers published events to subscribed plugins for as long as the server runs.
+    state
+        .runtime
+        .set_dispatch_policy(crate::runtime::DispatchPolicy {
+            batch: event_batch,
+            ..crate::runtime::DEFAULT_POLICY
+        });
     let _dispatcher = state.runtime.spawn_dispatcher();
     if state.identity.count_users().await? == 0 {
         let location = match (&database.database_url, &database.data_dir) {

@@ -195,6 +195,22 @@ on_both_backends! {
             .post("/api/v1/plugins/hub/find", json!({ "index": "by-customer", "after": "nonsense" }))
             .await;
         assert_eq!(cursor.status, 422, "{}", cursor.text);
+
+        // Version 2 indexes orders differently: the upgrade rebuilds the changed and new
+        // indexes over the records stored so far, and drops the one no longer declared.
+        let v2 = std::fs::read(workspace().join("target/plugins-v2/wasm32-wasip2/plugin/hub.wasm"))
+            .expect("hub 2.0.0, built by scripts/build-plugins");
+        let upgraded = app.request(Method::PUT, "/api/v1/plugins/hub", &[], Some(v2)).await;
+        assert_eq!(upgraded.status, 200, "{}", upgraded.text);
+        assert_eq!(upgraded.body["version"], "2.0.0");
+        let by_total = find(json!({ "index": "by-total", "from": 15, "to": 40 })).await;
+        assert_eq!(by_total["keys"], json!(["o3", "o4", "o1"]), "{by_total}");
+        let customer = find(json!({ "index": "by-customer", "equals": [7], "descending": true })).await;
+        assert_eq!(customer["keys"], json!(["o1", "o3"]), "{customer}");
+        let gone = app
+            .post("/api/v1/plugins/hub/find", json!({ "index": "by-status-total", "equals": ["open"] }))
+            .await;
+        assert_eq!(gone.status, 422, "{}", gone.text);
     }
 
     async fn events_arrive_in_order_failures_retry_then_dead_letter_and_replay(app: TestApp) {
@@ -342,5 +358,48 @@ on_both_backends! {
         app.patch("/api/v1/plugins/spoke-1", json!({ "status": "disabled" })).await;
         let fewer = run("adjust", json!({ "lines": lines })).await;
         assert_eq!(fewer.body["applied"], json!(["spoke-2", "spoke-3"]), "{}", fewer.text);
+    }
+}
+
+on_both_backends! {
+    async fn plugins_declare_custom_fields_on_parties(app: TestApp) {
+        install_enabled(&app, rust_plugin("hub")).await;
+        let fields = app.get("/api/v1/parties/fields").await;
+        assert_eq!(fields.status, 200, "{}", fields.text);
+        let rating = fields
+            .body
+            .as_array()
+            .expect("a list")
+            .iter()
+            .find(|f| f["name"] == "hub_rating")
+            .cloned()
+            .unwrap_or_else(|| panic!("hub_rating is declared: {}", fields.text));
+        assert_eq!(rating["owner_plugin"], "hub");
+        assert_eq!(rating["field_type"], "enum");
+
+        let created = app
+            .post("/api/v1/parties", json!({ "kind": "organization", "name": "Northwind",
+                    "roles": ["customer"], "custom_fields": { "hub_rating": "a", "hub_note": "prefers rail freight" } }))
+            .await;
+        assert_eq!(created.status, 201, "{}", created.text);
+        assert_eq!(created.body["custom_fields"]["hub_rating"], "a");
+        let wrong = app
+            .post("/api/v1/parties", json!({ "kind": "organization", "name": "Contoso",
+                    "custom_fields": { "hub_rating": "z" } }))
+            .await;
+        wrong.assert_problem(422, &["custom_fields.hub_rating"]);
+        let found = app.get("/api/v1/parties?q=rail%20freight").await;
+        assert_eq!(found.status, 200, "{}", found.text);
+        assert_eq!(found.body["parties"][0]["name"], "Northwind", "{}", found.text);
+
+        // The plugin owns its fields: an admin cannot change or drop them.
+        let changed = app.patch("/api/v1/parties/fields/hub_rating", json!({ "label": "Mine" })).await;
+        assert_eq!(changed.status, 409, "{}", changed.text);
+        let dropped = app.request(Method::DELETE, "/api/v1/parties/fields/hub_note", &[], None).await;
+        assert_eq!(dropped.status, 409, "{}", dropped.text);
+        // Uninstalling keeps the fields and their values.
+        app.request(Method::DELETE, "/api/v1/plugins/hub", &[], None).await;
+        let party = app.get(&format!("/api/v1/parties/{}", created.body["id"])).await;
+        assert_eq!(party.body["custom_fields"]["hub_note"], "prefers rail freight", "{}", party.text);
     }
 }

@@ -82,8 +82,14 @@ impl Server {
 
     /// Like [`Server::start`], also returning what the server printed before its address.
     pub async fn start_printing(database: &TestDatabase) -> (Self, String) {
+        Self::start_with(database, &[]).await
+    }
+
+    /// Like [`Server::start_printing`], with more arguments for `keel serve`.
+    pub async fn start_with(database: &TestDatabase, extra: &[&str]) -> (Self, String) {
         let mut child = Command::new(keel_binary())
             .args(["serve", "--addr", "127.0.0.1:0"])
+            .args(extra)
             .args(database.cli_args())
             .env(
                 "KEEL_DATA_DIR",

@@ -260,10 +260,12 @@ pub async fn get(tx: &mut Tx, company: &Company, name: &str) -> Result<FieldDefi
         .ok_or_else(|| Error::NotFound(format!("no custom field {name:?} is declared for parties")))
 }
 
+/// Creates a field; `owner_plugin` names the plugin that declares it (none for an admin's).
 pub async fn create(
     tx: &mut Tx,
     company: &Company,
     new: &NewFieldDefinition,
+    owner_plugin: Option<&str>,
 ) -> Result<FieldDefinition> {
     check_name(&new.name)?;
     let mut errors = Vec::new();
@@ -278,8 +280,8 @@ pub async fn create(
     }
     let inserted = on_conn!(tx, conn => {
         sqlx::query(
-            "INSERT INTO party_field_definitions (company_id, name, label, field_type, applies_to, required, options, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO party_field_definitions (company_id, name, label, field_type, applies_to, required, options, created_at, owner_plugin) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(company.id)
         .bind(&new.name)
@@ -289,6 +291,7 @@ pub async fn create(
         .bind(new.required)
         .bind(serde_json::to_string(&new.options).map_err(anyhow::Error::from)?)
         .bind(Utc::now())
+        .bind(owner_plugin)
         .execute(&mut *conn)
         .await
         .map(|_| ())
@@ -345,6 +348,70 @@ pub async fn update(
         .await?;
     });
     get(tx, company, name).await
+}
+
+/// The name of a plugin's field in party documents: `<plugin>_<name>`, dashes as underscores.
+pub fn plugin_field_name(plugin: &str, name: &str) -> String {
+    format!("{plugin}_{name}").replace('-', "_")
+}
+
+/// Refuses an admin's change to a field a plugin declared: it changes with the plugin.
+pub fn check_admin_may_change(field: &FieldDefinition) -> Result<()> {
+    match &field.owner_plugin {
+        Some(plugin) => Err(Error::Conflict(format!(
+            "field {} is declared by plugin {plugin}; it changes when the plugin is upgraded",
+            field.name
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Declares a plugin's fields (named with [`plugin_field_name`] already): creates the new
+/// ones and brings the plugin's existing ones up to date. A field the plugin no longer
+/// declares stays, with its values. Plugin fields are never required: parties that exist
+/// have no value for them.
+pub async fn sync_plugin_fields(
+    tx: &mut Tx,
+    company: &Company,
+    plugin: &str,
+    declared: &[NewFieldDefinition],
+) -> Result<()> {
+    let existing = list(tx, company).await?;
+    for new in declared {
+        match existing.iter().find(|f| f.name == new.name) {
+            None => {
+                create(tx, company, new, Some(plugin)).await?;
+            }
+            Some(field) if field.owner_plugin.as_deref() == Some(plugin) => {
+                if field.field_type != new.field_type {
+                    return Err(Error::Conflict(format!(
+                        "field {} of plugin {plugin} is a {} field; a field's type never changes, so declare a new field",
+                        new.name,
+                        field.field_type.as_str()
+                    )));
+                }
+                let changes = FieldChanges {
+                    label: Some(new.label.clone()),
+                    required: Some(false),
+                    options: Some(new.options.clone()),
+                };
+                update(tx, company, &new.name, &changes).await?;
+            }
+            Some(field) => {
+                return Err(Error::Conflict(format!(
+                    "a party field {} exists already ({}); plugin {plugin} cannot declare it",
+                    new.name,
+                    field
+                        .owner_plugin
+                        .as_deref()
+                        .map_or("declared by an admin".to_owned(), |p| format!(
+                            "declared by plugin {p}"
+                        ))
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Removes a field nobody uses; a field with values stays until they are cleared.

@@ -267,7 +267,7 @@ impl Parties {
         origin: &Origin,
     ) -> Result<StoredResponse> {
         self.write(company, key, async |tx: &mut Tx| {
-            let field = fields::create(tx, company, new).await?;
+            let field = fields::create(tx, company, new, None).await?;
             let event = Event::new(
                 Some(company.id),
                 "parties.fields:create",
@@ -291,6 +291,7 @@ impl Parties {
     ) -> Result<StoredResponse> {
         self.write(company, key, async |tx: &mut Tx| {
             let before = fields::get(tx, company, name).await?;
+            fields::check_admin_may_change(&before)?;
             let field = fields::update(tx, company, name, changes).await?;
             let event = Event::new(
                 Some(company.id),
@@ -313,6 +314,7 @@ impl Parties {
         origin: &Origin,
     ) -> Result<StoredResponse> {
         self.write(company, key, async |tx: &mut Tx| {
+            fields::check_admin_may_change(&fields::get(tx, company, name).await?)?;
             let field = fields::delete(tx, company, name).await?;
             let event = Event::new(
                 Some(company.id),

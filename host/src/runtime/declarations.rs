@@ -211,19 +211,53 @@ impl Declarations {
                 order: hook.order,
             });
         }
-        out.party_fields = manifest
-            .party_fields
-            .iter()
-            .map(|f| PartyField {
-                name: f.name.clone(),
-                label: f.label.clone(),
-                field_type: f.field_type.clone(),
-                applies_to: f.applies_to.clone(),
-                required: f.required,
-                options: f.options.clone(),
-            })
-            .collect();
+        for (i, field) in manifest.party_fields.iter().enumerate() {
+            let at = format!("manifest.party-fields[{i}]");
+            let declared = PartyField {
+                name: field.name.clone(),
+                label: field.label.clone(),
+                field_type: field.field_type.clone(),
+                applies_to: field.applies_to.clone(),
+                required: field.required,
+                options: field.options.clone(),
+            };
+            if field.required {
+                errors.push(FieldError::new(
+                    format!("{at}.required"),
+                    "is false: parties that exist have no value for a plugin's field",
+                ));
+            }
+            if let Err(error) = declared.definition(plugin) {
+                errors.extend(match error.within(&at) {
+                    crate::error::Error::Invalid(list) => list,
+                    other => vec![FieldError::new(at.clone(), other.to_string())],
+                });
+            }
+            out.party_fields.push(declared);
+        }
         out
+    }
+}
+
+impl PartyField {
+    /// The field as the parties module declares it, named `<plugin>_<name>`.
+    pub fn definition(
+        &self,
+        plugin: &str,
+    ) -> crate::error::Result<crate::parties::fields::NewFieldDefinition> {
+        let definition = serde_json::json!({
+            "name": crate::parties::fields::plugin_field_name(plugin, &self.name),
+            "label": self.label,
+            "field_type": self.field_type,
+            "applies_to": self.applies_to,
+            "required": false,
+            "options": self.options,
+        });
+        let text = definition.to_string();
+        let deserializer = &mut serde_json::Deserializer::from_str(&text);
+        serde_path_to_error::deserialize(deserializer).map_err(|error| {
+            crate::error::Error::invalid(error.path().to_string(), error.inner().to_string())
+        })
     }
 }
 

@@ -211,6 +211,11 @@ impl Runtime {
     /// Delivers one batch of due events and commits it. Returns what happened.
     pub async fn dispatch_round(&self) -> Result<Round> {
         let policy = self.dispatch_policy();
+        // A read first: an idle dispatcher should not take SQLite's write lock five times a
+        // second just to find nothing.
+        if !self.anything_due().await? {
+            return Ok(Round::default());
+        }
         let mut tx = self.db.begin_write().await?;
         let claimed = claim(&mut tx, self.db.backend(), policy.batch, now_ms()).await?;
         let mut round = Round::default();
@@ -259,6 +264,25 @@ impl Runtime {
         metrics::counter!("keel_events_failed_total")
             .increment(u64::from(round.retried + round.dead));
         Ok(round)
+    }
+
+    async fn anything_due(&self) -> Result<bool> {
+        let now = now_ms();
+        self.db
+            .read(async |tx: &mut Tx| {
+                let due = on_conn!(tx, conn => {
+                    sqlx::query(
+                        "SELECT 1 FROM event_deliveries \
+                         WHERE status = 'pending' AND next_attempt_ms <= $1 LIMIT 1",
+                    )
+                    .bind(now)
+                    .fetch_optional(&mut *conn)
+                    .await?
+                    .is_some()
+                });
+                Ok(due)
+            })
+            .await
     }
 
     /// Calls the subscriber's `on-event` inside `tx`, handing the transaction back.

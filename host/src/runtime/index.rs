@@ -319,6 +319,19 @@ async fn build(
     index: &Index,
     fields: &str,
 ) -> Result<()> {
+    // A migration that ran before this may have written entries of the index already.
+    on_conn!(tx, conn => {
+        sqlx::query(
+            "DELETE FROM plugin_index_entries \
+             WHERE company_id = $1 AND plugin = $2 AND collection = $3 AND name = $4",
+        )
+        .bind(owner.company_id)
+        .bind(owner.plugin)
+        .bind(collection)
+        .bind(&index.name)
+        .execute(&mut *conn)
+        .await?;
+    });
     let mut after = String::new();
     loop {
         let rows: Vec<(String, String)> = on_conn!(tx, conn => {

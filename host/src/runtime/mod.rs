@@ -38,6 +38,8 @@ pub use bindings::ApiVersion;
 use bindings::{Plugin, PluginPre};
 use call::{CallContext, CallState, Services, Stop};
 pub use dispatch::{DEFAULT_POLICY, DispatchPolicy};
+/// The key of a record in an index, for tools that load records in bulk.
+pub use index::key_of as index_key_of;
 pub use stats::PluginStats;
 
 /// The newest version of the host API, the one new plugins build against.

@@ -392,6 +392,13 @@ async fn sync_fabric(tx: &mut Tx, company: &Company, row: &PluginRow) -> Result<
             plugin: &row.name,
         };
         index::sync(tx, owner, &row.declarations.collections).await?;
+        let fields = row
+            .declarations
+            .party_fields
+            .iter()
+            .map(|field| field.definition(&row.name))
+            .collect::<Result<Vec<_>>>()?;
+        crate::parties::fields::sync_plugin_fields(tx, company, &row.name, &fields).await?;
     }
     Ok(())
 }

@@ -9,6 +9,8 @@ use serde_json::{Value, json};
 
 const SEEN: Collection<Value> = Collection::new("seen");
 const NOTES: Collection<Value> = Collection::new("notes");
+/// One record per delivery (not per event), so a second delivery of an event would show.
+const DELIVERIES: Collection<Value> = Collection::new("deliveries");
 
 fn adjust(mut input: Value) -> Result<Value, Error> {
     match input["misbehave"][NAME].as_str() {
@@ -54,6 +56,18 @@ impl Plugin for Spoke {
                 let seen: Vec<Value> = SEEN.all()?.into_iter().map(|(_, event)| event).collect();
                 Ok(Response::json(200, &seen))
             })
+            .get("/deliveries", |_request, _params| {
+                let deliveries = DELIVERIES.all()?;
+                let mut events: Vec<&str> = deliveries
+                    .iter()
+                    .filter_map(|(key, _)| key.split('/').next())
+                    .collect();
+                events.dedup();
+                Ok(Response::json(
+                    200,
+                    &json!({ "deliveries": deliveries.len(), "events": events.len() }),
+                ))
+            })
             .get("/notes", |_request, _params| {
                 let notes: Vec<Value> = NOTES.all()?.into_iter().map(|(_, note)| note).collect();
                 Ok(Response::json(200, &notes))
@@ -69,6 +83,10 @@ impl Plugin for Spoke {
                 event.id, event.attempt
             )));
         }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        DELIVERIES.put(&format!("{:012}/{nanos}", event.id), &json!(event.attempt))?;
         SEEN.put(
             &format!("{:012}", event.id),
             &json!({ "id": event.id, "subject": event.subject, "payload": payload,

@@ -4,12 +4,18 @@
 
 use keel_sdk::storage::Collection;
 use keel_sdk::{
-    Error, Event, ExtensionPoint, Manifest, OnFailure, Plugin, Request, Response, Router, calls,
-    events, hooks,
+    Error, Event, ExtensionPoint, Manifest, OnFailure, PartyField, Plugin, Request, Response,
+    Router, calls, events, hooks,
 };
 use serde_json::{Value, json};
 
 const ORDERS: Collection<Value> = Collection::new("orders");
+/// Built a second time with `HUB_VERSION=2.0.0`, which indexes orders differently: the
+/// customer index gains the total, `by-total` is new and `by-status-total` is gone.
+const VERSION: &str = match option_env!("HUB_VERSION") {
+    Some(version) => version,
+    None => "1.0.0",
+};
 const SEEN: Collection<Value> = Collection::new("seen");
 
 const LINES_SCHEMA: &str = r#"{
@@ -36,6 +42,17 @@ fn point(name: &str, on_failure: OnFailure) -> ExtensionPoint {
     }
 }
 
+fn party_field(name: &str, label: &str, field_type: &str, options: &[&str]) -> PartyField {
+    PartyField {
+        name: name.to_owned(),
+        label: label.to_owned(),
+        field_type: field_type.to_owned(),
+        applies_to: "any".to_owned(),
+        required: false,
+        options: options.iter().map(|o| (*o).to_owned()).collect(),
+    }
+}
+
 fn body(request: &Request) -> Result<Value, Error> {
     request.json()
 }
@@ -58,7 +75,18 @@ struct Hub;
 
 impl Plugin for Hub {
     fn manifest() -> Manifest {
-        Manifest::new("hub", "1.0.0", "The hub of the fabric tests")
+        let indexes: &[(&str, &[&str])] = if VERSION == "1.0.0" {
+            &[
+                ("by-status-total", &["status", "total"]),
+                ("by-customer", &["customer.id"]),
+            ]
+        } else {
+            &[
+                ("by-customer", &["customer.id", "total"]),
+                ("by-total", &["total"]),
+            ]
+        };
+        Manifest::new("hub", VERSION, "The hub of the fabric tests")
             .capabilities(&[
                 "storage",
                 "events:publish",
@@ -68,16 +96,12 @@ impl Plugin for Hub {
                 "call:spoke-2/echo",
             ])
             .subscriptions(&["ledger.entry.posted", "parties.party.created"])
-            .collection(
-                "orders",
-                &[
-                    ("by-status-total", &["status", "total"]),
-                    ("by-customer", &["customer.id"]),
-                ],
-            )
+            .collection("orders", indexes)
             .operations(&["bounce"])
             .extension_point(point("hub.adjust", OnFailure::Skip))
             .extension_point(point("hub.strict", OnFailure::Fail))
+            .party_field(party_field("rating", "Hub rating", "enum", &["a", "b"]))
+            .party_field(party_field("note", "Hub note", "text", &[]))
     }
 
     fn handle_http(request: Request) -> Response {
