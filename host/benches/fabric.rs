@@ -170,13 +170,13 @@ async fn seed_orders(setup: &Setup) {
     tx.commit().await.expect("committing the seed");
 }
 
-async fn publish_events(setup: &Setup, round: usize) {
+async fn publish_events(setup: &Setup, topic: &str, round: usize) {
     let mut tx = setup.db.begin_write().await.expect("a transaction");
     for n in 0..EVENTS_PER_ROUND {
         keel_host::events::publish(
             &mut tx,
             setup.company.id,
-            "hub.thing.happened",
+            topic,
             &format!("thing/{round}/{n}"),
             &json!({ "n": n }),
             Some("hub"),
@@ -206,28 +206,47 @@ fn fabric(c: &mut Criterion) {
     });
     group.finish();
 
+    // One subscriber: the other spokes leave (they subscribe to the same topic).
+    for spoke in ["spoke-2", "spoke-3"] {
+        tokio
+            .block_on(
+                setup
+                    .runtime
+                    .uninstall(&setup.company, spoke, &Origin::system()),
+            )
+            .expect("uninstalling");
+    }
     let mut group = c.benchmark_group("event delivery");
     group.sample_size(10);
     group.throughput(criterion::Throughput::Elements(EVENTS_PER_ROUND as u64));
     let mut round = 0;
-    group.bench_function("to spoke-1 (Rust, two writes per event)", |b| {
-        b.to_async(&tokio).iter_custom(|iterations| {
-            round += 1;
-            let setup = &setup;
-            let first_round = round * 1_000;
-            async move {
-                let mut total = Duration::ZERO;
-                for i in 0..iterations {
-                    publish_events(setup, first_round + i as usize).await;
-                    let started = Instant::now();
-                    let delivered = setup.runtime.dispatch_all().await.expect("dispatching");
-                    total += started.elapsed();
-                    assert_eq!(delivered.delivered as usize, EVENTS_PER_ROUND);
+    let subscribers = [
+        (
+            "to spoke-1 (Rust, two writes per event)",
+            "hub.thing.happened",
+        ),
+        ("to hub (Rust, one write per event)", "ledger.entry.posted"),
+    ];
+    for (label, topic) in subscribers {
+        group.bench_function(label, |b| {
+            b.to_async(&tokio).iter_custom(|iterations| {
+                round += 1;
+                let setup = &setup;
+                let first_round = round * 1_000;
+                async move {
+                    let mut total = Duration::ZERO;
+                    for i in 0..iterations {
+                        publish_events(setup, topic, first_round + i as usize).await;
+                        let started = Instant::now();
+                        let delivered = setup.runtime.dispatch_all().await.expect("dispatching");
+                        total += started.elapsed();
+                        assert_eq!(delivered.delivered as usize, EVENTS_PER_ROUND);
+                    }
+                    total
                 }
-                total
-            }
-        })
-    });
+            })
+        });
+    }
     group.finish();
 
     let seeding = Instant::now();

@@ -234,6 +234,18 @@ on_both_backends! {
         assert_eq!(round.dead, 1, "{round:?}");
 
         let ids = |events: Vec<Value>| -> Vec<i64> { events.iter().map(|e| e["id"].as_i64().expect("an id")).collect() };
+        // The handlers' writes are audited with the round, under the subscriber's name.
+        let audit = app.get("/api/v1/audit?object_type=plugin.record&limit=500").await;
+        assert_eq!(audit.status, 200, "{}", audit.text);
+        let by_spoke = audit.body["records"]
+            .as_array()
+            .expect("records")
+            .iter()
+            .filter(|r| r["actor_plugin"] == "spoke-2" && r["action"] == "plugin.storage:put")
+            .count();
+        assert_eq!(by_spoke, 4, "two events, two writes each: {}", audit.text);
+        let verification = app.get("/api/v1/audit/verification").await;
+        assert_eq!(verification.body["intact"], true, "{}", verification.text);
         assert_eq!(ids(seen(&app, "spoke-1").await), vec![first, failing, second]);
         assert_eq!(ids(seen(&app, "spoke-2").await), vec![first, second]);
 

@@ -754,23 +754,35 @@ async fn import_chunk(
         updated_at: None,
         anonymized_at: None,
     };
-    let events: Vec<Event> = good
+    let views: Vec<_> = good
         .iter()
         .zip(&ids)
         .map(|(candidate, id)| {
             let mut data = candidate.data.clone();
             data.custom_fields = candidate.custom.values.clone();
-            let view = data.view(*id, company.base_currency, stamps, None);
+            data.view(*id, company.base_currency, stamps, None)
+        })
+        .collect();
+    let events: Vec<Event> = views
+        .iter()
+        .map(|view| {
             Event::new(
                 Some(company.id),
                 "parties:create",
                 "party",
-                id,
+                view.id,
                 json!({ "after": view }),
             )
         })
         .collect();
     audit::append(tx, origin, &events).await?;
+    let topic = crate::events::topics::PARTY_CREATED;
+    if !views.is_empty() && crate::events::subscribed(tx, company.id, topic).await? {
+        for view in &views {
+            let subject = format!("party/{}", view.id);
+            crate::events::publish(tx, company.id, topic, &subject, view, None).await?;
+        }
+    }
     outcome.created = ids.len();
     Ok(outcome)
 }

@@ -23,7 +23,7 @@ use super::declarations::Declarations;
 use super::index;
 use super::limits::Limits;
 use super::storage as records;
-use crate::audit::{self, Event, Origin};
+use crate::audit::{Event, Origin};
 use crate::authz::{Authz, Permission, Scope, perm};
 use crate::company::Company;
 use crate::db::{Database, Tx};
@@ -56,6 +56,9 @@ pub struct CallContext {
     pub declarations: Arc<Declarations>,
     /// How many plugin calls enclose this one: 0 for a call from the host.
     pub depth: u32,
+    /// Leaves the call's audit records in [`CallState::pending_audit`] for the caller to
+    /// append (the dispatcher appends a whole round's at once).
+    pub defer_audit: bool,
 }
 
 impl CallContext {
@@ -152,6 +155,9 @@ pub struct CallState {
     /// Host calls refused for a missing grant or permission.
     pub denied: u32,
     pub stop: Option<Stop>,
+    /// Audit records of the call's storage writes, appended in one go when the call ends
+    /// (by [`super::Runtime::run`], or by the dispatcher for a whole round).
+    pub pending_audit: Vec<Event>,
     viewer: Option<Viewer>,
     wasi: WasiCtx,
     table: ResourceTable,
@@ -193,6 +199,7 @@ impl CallState {
             host_calls: 0,
             denied: 0,
             stop: None,
+            pending_audit: Vec::new(),
             viewer: None,
             // No preopened directories, no environment, no network, no stdin: clocks and
             // randomness only.
@@ -289,11 +296,8 @@ impl CallState {
         &mut self,
         operation: impl AsyncFnOnce(&mut Tx, &CallContext) -> crate::error::Result<T>,
     ) -> wasmtime::Result<Result<T, WitError>> {
-        if self.context.read_only {
-            return Ok(Err(WitError::Denied(
-                "a GET or HEAD request is read-only: write with POST, PUT, PATCH or DELETE"
-                    .to_owned(),
-            )));
+        if let Some(denied) = self.refused_when_read_only() {
+            return Ok(Err(denied));
         }
         let context = self.context.clone();
         let tx = self.tx().await?;
@@ -310,6 +314,28 @@ impl CallState {
                 Ok(Err(to_wit(error)))
             }
         }
+    }
+
+    /// Runs a write that cannot be refused once it has begun writing (its input is checked
+    /// beforehand), so it needs no savepoint; a failure here is the database's and ends the
+    /// call.
+    async fn write_checked<T>(
+        &mut self,
+        operation: impl AsyncFnOnce(&mut Tx, &CallContext) -> crate::error::Result<T>,
+    ) -> wasmtime::Result<Result<T, WitError>> {
+        if let Some(denied) = self.refused_when_read_only() {
+            return Ok(Err(denied));
+        }
+        self.read(operation).await
+    }
+
+    fn refused_when_read_only(&self) -> Option<WitError> {
+        self.context.read_only.then(|| {
+            WitError::Denied(
+                "a GET or HEAD request is read-only: write with POST, PUT, PATCH or DELETE"
+                    .to_owned(),
+            )
+        })
     }
 
     /// Runs a read on the call's transaction, so it sees the call's own writes.
@@ -759,22 +785,25 @@ impl wit_storage::Host for CallState {
             Ok(parsed) => parsed,
             Err(error) => return Ok(Err(to_wit(error))),
         };
-        self.write(async |tx, context| {
-            let owner = context.owner();
-            records::put(tx, owner, &collection, &key, &value).await?;
-            let indexes = context.declarations.indexes(&collection);
-            index::reindex_record(tx, owner, &collection, indexes, &key, Some(&parsed)).await?;
+        let written = self
+            .write_checked(async |tx, context| {
+                let owner = context.owner();
+                records::put(tx, owner, &collection, &key, &value).await?;
+                let indexes = context.declarations.indexes(&collection);
+                index::reindex_record(tx, owner, &collection, indexes, &key, Some(&parsed)).await
+            })
+            .await?;
+        if written.is_ok() {
             let event = Event::new(
-                Some(context.company.id),
+                Some(self.context.company.id),
                 "plugin.storage:put",
                 "plugin.record",
-                format!("{}/{collection}/{key}", context.plugin),
+                format!("{}/{collection}/{key}", self.context.plugin),
                 json!({ "after": parsed }),
             );
-            audit::append(tx, &context.origin, &[event]).await?;
-            Ok(())
-        })
-        .await
+            self.pending_audit.push(event);
+        }
+        Ok(written)
     }
 
     async fn get(
@@ -810,24 +839,28 @@ impl wit_storage::Host for CallState {
         {
             return Ok(Err(to_wit(error)));
         }
-        self.write(async |tx, context| {
-            let owner = context.owner();
-            let deleted = records::delete(tx, owner, &collection, &key).await?;
-            if deleted {
-                let indexes = context.declarations.indexes(&collection);
-                index::reindex_record(tx, owner, &collection, indexes, &key, None).await?;
-                let event = Event::new(
-                    Some(context.company.id),
-                    "plugin.storage:delete",
-                    "plugin.record",
-                    format!("{}/{collection}/{key}", context.plugin),
-                    json!({}),
-                );
-                audit::append(tx, &context.origin, &[event]).await?;
-            }
-            Ok(deleted)
-        })
-        .await
+        let deleted = self
+            .write_checked(async |tx, context| {
+                let owner = context.owner();
+                let deleted = records::delete(tx, owner, &collection, &key).await?;
+                if deleted {
+                    let indexes = context.declarations.indexes(&collection);
+                    index::reindex_record(tx, owner, &collection, indexes, &key, None).await?;
+                }
+                Ok(deleted)
+            })
+            .await?;
+        if matches!(deleted, Ok(true)) {
+            let event = Event::new(
+                Some(self.context.company.id),
+                "plugin.storage:delete",
+                "plugin.record",
+                format!("{}/{collection}/{key}", self.context.plugin),
+                json!({}),
+            );
+            self.pending_audit.push(event);
+        }
+        Ok(deleted)
     }
 
     async fn query(

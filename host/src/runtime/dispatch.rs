@@ -131,18 +131,45 @@ async fn execute(tx: &mut Tx, statement: &str) -> Result<()> {
     Ok(())
 }
 
-async fn mark_delivered(tx: &mut Tx, claimed: &Claimed) -> Result<()> {
-    on_conn!(tx, conn => {
-        sqlx::query(
-            "UPDATE event_deliveries SET status = 'delivered', attempts = attempts + 1, \
-             last_error = NULL, updated_at = $1 WHERE event_id = $2 AND subscriber = $3",
-        )
-        .bind(Utc::now())
-        .bind(claimed.event_id)
-        .bind(&claimed.subscriber)
-        .execute(&mut *conn)
-        .await?;
-    });
+/// Marks a round's successful deliveries, one statement per subscriber.
+async fn mark_delivered(tx: &mut Tx, delivered: &[&Claimed]) -> Result<()> {
+    let mut by_subscriber: HashMap<&str, Vec<i64>> = HashMap::new();
+    for claimed in delivered {
+        by_subscriber
+            .entry(&claimed.subscriber)
+            .or_default()
+            .push(claimed.event_id);
+    }
+    let now = Utc::now();
+    for (subscriber, ids) in by_subscriber {
+        match tx {
+            Tx::Sqlite(conn) => {
+                let ids = serde_json::to_string(&ids).map_err(anyhow::Error::from)?;
+                sqlx::query(
+                    "UPDATE event_deliveries SET status = 'delivered', attempts = attempts + 1, \
+                     last_error = NULL, updated_at = $1 \
+                     WHERE subscriber = $2 AND event_id IN (SELECT value FROM json_each($3))",
+                )
+                .bind(now)
+                .bind(subscriber)
+                .bind(ids)
+                .execute(&mut **conn)
+                .await?;
+            }
+            Tx::Postgres(conn) => {
+                sqlx::query(
+                    "UPDATE event_deliveries SET status = 'delivered', attempts = attempts + 1, \
+                     last_error = NULL, updated_at = $1 \
+                     WHERE subscriber = $2 AND event_id = ANY($3)",
+                )
+                .bind(now)
+                .bind(subscriber)
+                .bind(&ids)
+                .execute(&mut **conn)
+                .await?;
+            }
+        }
+    }
     Ok(())
 }
 
@@ -172,6 +199,9 @@ async fn mark_failed(
     });
     Ok(dead)
 }
+
+/// A subscriber's row and instantiation template, loaded once per round.
+type Subscriber = (super::registry::PluginRow, super::bindings::PluginPre);
 
 /// A delivery that failed every attempt.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -209,6 +239,11 @@ pub const DEAD_LETTERS_PAGE_MAX: i64 = 500;
 
 impl Runtime {
     /// Delivers one batch of due events and commits it. Returns what happened.
+    ///
+    /// The batch first runs optimistically, without a savepoint per delivery; if any
+    /// delivery fails, the whole batch rolls back and runs again with savepoints, so that
+    /// the failure is recorded on its own. Handlers are idempotent by event id, so running
+    /// one twice (its first run rolled back) is allowed.
     pub async fn dispatch_round(&self) -> Result<Round> {
         let policy = self.dispatch_policy();
         // A read first: an idle dispatcher should not take SQLite's write lock five times a
@@ -216,54 +251,13 @@ impl Runtime {
         if !self.anything_due().await? {
             return Ok(Round::default());
         }
-        let mut tx = self.db.begin_write().await?;
-        let claimed = claim(&mut tx, self.db.backend(), policy.batch, now_ms()).await?;
-        let mut round = Round::default();
-        if claimed.is_empty() {
-            tx.rollback().await?;
+        if let Some(round) = self.deliver_batch(&policy, false).await? {
             return Ok(round);
         }
-        let mut companies: HashMap<i64, Company> = HashMap::new();
-        for delivery in &claimed {
-            let company = match companies.entry(delivery.company_id) {
-                std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
-                std::collections::hash_map::Entry::Vacant(slot) => {
-                    slot.insert(company::by_id(&mut tx, delivery.company_id).await?)
-                }
-            };
-            let company = &*company;
-            execute(&mut tx, "SAVEPOINT delivery").await?;
-            let (outcome, returned) = self.deliver(company, delivery, tx).await;
-            tx = returned;
-            match outcome {
-                Ok(()) => {
-                    execute(&mut tx, "RELEASE SAVEPOINT delivery").await?;
-                    mark_delivered(&mut tx, delivery).await?;
-                    round.delivered += 1;
-                }
-                Err(error) => {
-                    execute(&mut tx, "ROLLBACK TO SAVEPOINT delivery").await?;
-                    execute(&mut tx, "RELEASE SAVEPOINT delivery").await?;
-                    let message = error.to_string();
-                    if mark_failed(&mut tx, &policy, delivery, &message).await? {
-                        tracing::warn!(
-                            event = delivery.event_id,
-                            plugin = %delivery.subscriber,
-                            error = %message,
-                            "an event was dead-lettered after its last attempt"
-                        );
-                        round.dead += 1;
-                    } else {
-                        round.retried += 1;
-                    }
-                }
-            }
-        }
-        tx.commit().await?;
-        metrics::counter!("keel_events_delivered_total").increment(u64::from(round.delivered));
-        metrics::counter!("keel_events_failed_total")
-            .increment(u64::from(round.retried + round.dead));
-        Ok(round)
+        Ok(self
+            .deliver_batch(&policy, true)
+            .await?
+            .expect("a careful round always finishes"))
     }
 
     async fn anything_due(&self) -> Result<bool> {
@@ -285,16 +279,102 @@ impl Runtime {
             .await
     }
 
-    /// Calls the subscriber's `on-event` inside `tx`, handing the transaction back.
-    async fn deliver(&self, company: &Company, delivery: &Claimed, mut tx: Tx) -> (Result<()>, Tx) {
-        let row = match super::registry::plugin_row(&mut tx, company, &delivery.subscriber).await {
-            Ok(row) => row,
-            Err(error) => return (Err(error), tx),
-        };
-        let pre = match self.prepared(&row.component_hash).await {
-            Ok(pre) => pre,
-            Err(error) => return (Err(error), tx),
-        };
+    /// One claimed batch. Without `careful`, gives up (rolling back) at the first failure.
+    async fn deliver_batch(&self, policy: &DispatchPolicy, careful: bool) -> Result<Option<Round>> {
+        let mut tx = self.db.begin_write().await?;
+        let claimed = claim(&mut tx, self.db.backend(), policy.batch, now_ms()).await?;
+        let mut round = Round::default();
+        if claimed.is_empty() {
+            tx.rollback().await?;
+            return Ok(Some(round));
+        }
+        let mut companies: HashMap<i64, Company> = HashMap::new();
+        let mut plugins: HashMap<(i64, String), Subscriber> = HashMap::new();
+        let mut delivered: Vec<&Claimed> = Vec::new();
+        let mut audit_records: Vec<(Origin, Event)> = Vec::new();
+        for delivery in &claimed {
+            let company = match companies.entry(delivery.company_id) {
+                std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(company::by_id(&mut tx, delivery.company_id).await?)
+                }
+            };
+            let company = &*company;
+            if careful {
+                execute(&mut tx, "SAVEPOINT delivery").await?;
+            }
+            let (outcome, returned) = self.deliver(company, delivery, tx, &mut plugins).await;
+            tx = returned;
+            match outcome {
+                Ok((origin, records)) => {
+                    if careful {
+                        execute(&mut tx, "RELEASE SAVEPOINT delivery").await?;
+                    }
+                    audit_records.extend(records.into_iter().map(|r| (origin.clone(), r)));
+                    delivered.push(delivery);
+                    round.delivered += 1;
+                }
+                Err(_) if !careful => {
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
+                Err(error) => {
+                    execute(&mut tx, "ROLLBACK TO SAVEPOINT delivery").await?;
+                    execute(&mut tx, "RELEASE SAVEPOINT delivery").await?;
+                    let message = error.to_string();
+                    if mark_failed(&mut tx, policy, delivery, &message).await? {
+                        tracing::warn!(
+                            event = delivery.event_id,
+                            plugin = %delivery.subscriber,
+                            error = %message,
+                            "an event was dead-lettered after its last attempt"
+                        );
+                        round.dead += 1;
+                    } else {
+                        round.retried += 1;
+                    }
+                }
+            }
+        }
+        mark_delivered(&mut tx, &delivered).await?;
+        let records: Vec<(&Origin, Event)> = audit_records
+            .iter()
+            .map(|(origin, record)| (origin, record.clone()))
+            .collect();
+        audit::append_many(&mut tx, &records).await?;
+        tx.commit().await?;
+        metrics::counter!("keel_events_delivered_total").increment(u64::from(round.delivered));
+        metrics::counter!("keel_events_failed_total")
+            .increment(u64::from(round.retried + round.dead));
+        Ok(Some(round))
+    }
+
+    /// Calls the subscriber's `on-event` inside `tx`, handing the transaction back with the
+    /// audit records of the handler's writes (to append with the round's).
+    async fn deliver(
+        &self,
+        company: &Company,
+        delivery: &Claimed,
+        mut tx: Tx,
+        plugins: &mut HashMap<(i64, String), Subscriber>,
+    ) -> (Result<(Origin, Vec<Event>)>, Tx) {
+        let key = (company.id, delivery.subscriber.clone());
+        if !plugins.contains_key(&key) {
+            let loaded = async {
+                let row =
+                    super::registry::plugin_row(&mut tx, company, &delivery.subscriber).await?;
+                let pre = self.prepared(&row.component_hash).await?;
+                Ok::<_, Error>((row, pre))
+            }
+            .await;
+            match loaded {
+                Ok(subscriber) => {
+                    plugins.insert(key.clone(), subscriber);
+                }
+                Err(error) => return (Err(error), tx),
+            }
+        }
+        let (row, pre) = &plugins[&key];
         let event = WitEvent {
             id: delivery.event_id,
             topic: delivery.topic.clone(),
@@ -303,22 +383,27 @@ impl Runtime {
             source: delivery.source.clone(),
             attempt: delivery.attempts + 1,
         };
-        let context = self.context(company, &row, None, &Origin::system(), false);
+        let mut context = self.context(company, row, None, &Origin::system(), false);
+        context.defer_audit = true;
         let finished = self
             .run(
-                &pre,
+                pre,
                 context,
                 Some(tx),
                 async |plugin, store| plugin.call_on_event(store, &event).await,
                 Result::is_err,
             )
             .await;
-        let tx = finished
-            .state
+        let mut state = finished.state;
+        let tx = state
             .tx
+            .take()
             .expect("a delivery runs in the dispatcher's transaction");
         let outcome = match finished.result {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => Ok((
+                state.context.origin.clone(),
+                std::mem::take(&mut state.pending_audit),
+            )),
             Ok(Err(error)) => Err(call::from_wit(&delivery.subscriber, error)),
             Err(error) => Err(error),
         };

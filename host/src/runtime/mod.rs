@@ -342,9 +342,9 @@ impl Runtime {
         )
         .await;
         let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
-        let state = store.into_data();
+        let mut state = store.into_data();
         let result = match outcome {
-            Ok(Ok(value)) => Ok(value),
+            Ok(Ok(value)) => flush_audit(&mut state).await.map(|()| value),
             Ok(Err(error)) => Err(match Stop::of(&state, &error) {
                 Some(stop) => limit_hit(&plugin, &stop, &limits),
                 None => trapped(&plugin, &error),
@@ -428,6 +428,21 @@ impl Runtime {
     pub fn stats(&self, company_id: i64, plugin: &str) -> PluginStats {
         self.stats.of(company_id, plugin)
     }
+}
+
+/// Appends the audit records of a call's storage writes to its transaction, unless the
+/// caller collects them itself.
+async fn flush_audit(state: &mut CallState) -> Result<()> {
+    if state.context.defer_audit || state.pending_audit.is_empty() {
+        return Ok(());
+    }
+    let events = std::mem::take(&mut state.pending_audit);
+    let tx = state
+        .tx
+        .as_mut()
+        .expect("a call that wrote has a transaction");
+    crate::audit::append(tx, &state.context.origin, &events).await?;
+    Ok(())
 }
 
 fn limit_hit(plugin: &str, stop: &Stop, limits: &limits::Limits) -> Error {

@@ -558,6 +558,7 @@ impl Runtime {
             read_only: true,
             declarations: std::sync::Arc::default(),
             depth: 0,
+            defer_audit: false,
         };
         self.run(
             pre,
@@ -801,6 +802,7 @@ impl Runtime {
             read_only,
             declarations: std::sync::Arc::new(row.declarations.clone()),
             depth: 0,
+            defer_audit: false,
         }
     }
 
