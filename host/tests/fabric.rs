@@ -291,11 +291,30 @@ on_both_backends! {
             .post("/api/v1/parties", json!({ "kind": "organization", "name": "Fabrikam", "roles": ["customer"] }))
             .await;
         assert_eq!(party.status, 201, "{}", party.text);
+        let party_id = party.body["id"].as_i64().expect("an id");
+        let renamed = app.patch(&format!("/api/v1/parties/{party_id}"), json!({ "name": "Fabrikam Inc" })).await;
+        assert_eq!(renamed.status, 200, "{}", renamed.text);
+        let twin = app
+            .post("/api/v1/parties", json!({ "kind": "organization", "name": "Fabrikam Twin", "allow_duplicate": true }))
+            .await;
+        assert_eq!(twin.status, 201, "{}", twin.text);
+        let merged = app
+            .post(&format!("/api/v1/parties/{}/merge", twin.body["id"]), json!({ "into": party_id }))
+            .await;
+        assert_eq!(merged.status, 200, "{}", merged.text);
+        let march = app.period_id("2025-03").await;
+        let closed = app.post(&format!("/api/v1/ledger/periods/{march}/close"), json!(null)).await;
+        assert_eq!(closed.status, 200, "{}", closed.text);
         app.state.runtime.dispatch_all().await.expect("dispatching");
         let hub_seen = seen(&app, "hub").await;
-        let entry_subject = format!("entry/{}", posted.body["id"]);
-        assert!(hub_seen.iter().any(|e| e["topic"] == "ledger.entry.posted" && e["subject"] == entry_subject), "{hub_seen:?}");
+        let has = |topic: &str, subject: String| {
+            hub_seen.iter().any(|e| e["topic"] == topic && e["subject"] == subject.as_str())
+        };
+        assert!(has("ledger.entry.posted", format!("entry/{}", posted.body["id"])), "{hub_seen:?}");
         assert!(hub_seen.iter().any(|e| e["topic"] == "parties.party.created" && e["payload"]["name"] == "Fabrikam"), "{hub_seen:?}");
+        assert!(hub_seen.iter().any(|e| e["topic"] == "parties.party.updated" && e["payload"]["name"] == "Fabrikam Inc"), "{hub_seen:?}");
+        assert!(has("parties.party.merged", format!("party/{}", twin.body["id"])), "{hub_seen:?}");
+        assert!(has("ledger.period.closed", format!("period/{march}")), "{hub_seen:?}");
     }
 
     async fn calls_need_a_grant_share_the_callers_transaction_and_stop_cycles(app: TestApp) {

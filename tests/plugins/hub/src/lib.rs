@@ -95,7 +95,13 @@ impl Plugin for Hub {
                 "call:spoke-1/write-then-fail",
                 "call:spoke-2/echo",
             ])
-            .subscriptions(&["ledger.entry.posted", "parties.party.created"])
+            .subscriptions(&[
+                "ledger.entry.posted",
+                "ledger.period.closed",
+                "parties.party.created",
+                "parties.party.updated",
+                "parties.party.merged",
+            ])
             .collection("orders", indexes)
             .operations(&["bounce"])
             .extension_point(point("hub.adjust", OnFailure::Skip))
