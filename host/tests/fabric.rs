@@ -88,14 +88,21 @@ async fn seen(app: &TestApp, plugin: &str) -> Vec<Value> {
 }
 
 on_both_backends! {
-    async fn golden_plugins_built_against_0_1_0_run_unchanged(app: TestApp) {
-        let golden = workspace().join("tests/golden/0.1.0");
-        let scenario = std::fs::read_to_string(golden.join("expenses.scenario.jsonl"))
-            .expect("the golden scenario");
-        for language in ["rust", "python", "js"] {
+    async fn golden_plugins_of_every_released_version_run_unchanged(app: TestApp) {
+        let mut ran = Vec::new();
+        for (version, language) in [
+            ("0.1.0", "rust"),
+            ("0.1.0", "python"),
+            ("0.1.0", "js"),
+            ("0.2.0", "rust"),
+        ] {
+            let golden = workspace().join("tests/golden").join(version);
+            let scenario = std::fs::read_to_string(golden.join("expenses.scenario.jsonl"))
+                .expect("the golden scenario");
             let bytes = gunzip(&golden.join(format!("expenses-{language}.wasm.gz")));
             let plugin = install_enabled(&app, bytes).await;
-            assert_eq!(plugin["api_version"], "0.1.0", "{plugin}");
+            assert_eq!(plugin["api_version"], version, "{plugin}");
+            ran.push(format!("{version}/{language}"));
             for line in scenario.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
                 let step: Step = serde_json::from_str(line).expect("a scenario step");
                 let path = format!("/api/v1/plugins/expenses{}", step.path);
@@ -116,6 +123,21 @@ on_both_backends! {
                 .await;
             assert_eq!(purged.status, 204, "{}", purged.text);
         }
+        // Every golden component committed is one of those run above.
+        let mut committed = Vec::new();
+        for version in std::fs::read_dir(workspace().join("tests/golden")).expect("tests/golden") {
+            let version = version.expect("an entry").path();
+            for file in std::fs::read_dir(&version).expect("a version folder") {
+                let name = file.expect("an entry").file_name().to_string_lossy().into_owned();
+                if let Some(language) = name.strip_prefix("expenses-").and_then(|n| n.strip_suffix(".wasm.gz")) {
+                    let version = version.file_name().expect("a name").to_string_lossy();
+                    committed.push(format!("{version}/{language}"));
+                }
+            }
+        }
+        committed.sort();
+        ran.sort();
+        assert_eq!(committed, ran, "a golden component is committed but not run");
         // A 0.2.0 plugin runs beside them.
         let hub = install_enabled(&app, rust_plugin("hub")).await;
         assert_eq!(hub["api_version"], "0.2.0", "{hub}");
