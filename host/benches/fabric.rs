@@ -16,7 +16,7 @@ use keel_host::authz::Authz;
 use keel_host::company::{Companies, Company};
 use keel_host::db::{Database, Location, Tx};
 use keel_host::runtime::declarations::Index;
-use keel_host::runtime::registry::{PluginChanges, PluginRequest, Status};
+use keel_host::runtime::registry::PluginRequest;
 use keel_host::runtime::{Runtime, index_key_of};
 use serde_json::{Value, json};
 
@@ -53,19 +53,10 @@ async fn set_up(data: &std::path::Path, compiled: &std::path::Path) -> Setup {
     let authz = Arc::new(Authz::load(&db).await.expect("the policy"));
     let runtime = Runtime::new(db.clone(), authz, compiled).expect("a runtime");
     for name in ["hub", "spoke_1", "spoke_2", "spoke_3"] {
-        let view = runtime
-            .install(&company, &plugin(name), &Origin::system())
-            .await
-            .expect("installing");
-        let changes = PluginChanges {
-            status: Some(Status::Enabled),
-            granted: Some(view.requested.iter().map(ToString::to_string).collect()),
-            limits: None,
-        };
         runtime
-            .change(&company, &view.name, &changes, None, &Origin::system())
+            .install_enabled(&company, &plugin(name), &Origin::system())
             .await
-            .expect("enabling");
+            .expect("installing and enabling");
     }
     Setup {
         db,

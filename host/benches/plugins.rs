@@ -17,7 +17,6 @@ use keel_host::authz::Authz;
 use keel_host::company::{Companies, Company};
 use keel_host::db::{Database, Location};
 use keel_host::runtime::Runtime;
-use keel_host::runtime::registry::{PluginChanges, Status};
 
 fn component(relative: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -58,18 +57,9 @@ async fn set_up(path: &str, data: &std::path::Path, compiled: &std::path::Path) 
     let authz = Arc::new(Authz::load(&db).await.expect("the policy"));
     let runtime = Runtime::new(db.clone(), authz.clone(), compiled).expect("a runtime");
     let view = runtime
-        .install(&company, &component(path), &Origin::system())
+        .install_enabled(&company, &component(path), &Origin::system())
         .await
-        .expect("installing");
-    let changes = PluginChanges {
-        status: Some(Status::Enabled),
-        granted: Some(view.requested.iter().map(ToString::to_string).collect()),
-        limits: None,
-    };
-    runtime
-        .change(&company, &view.name, &changes, None, &Origin::system())
-        .await
-        .expect("enabling the plugin");
+        .expect("installing and enabling the plugin");
     Setup {
         db,
         authz,

@@ -18,7 +18,7 @@ use crate::audit::Origin;
 use crate::company::Companies;
 use crate::db::{Database, Location};
 use crate::identity::{NewToken, NewUser};
-use crate::runtime::registry::{PluginChanges, PluginView, Status};
+use crate::runtime::registry::PluginView;
 
 /// A host with one plugin installed and enabled.
 #[derive(Debug)]
@@ -41,21 +41,9 @@ impl PluginHost {
         let origin = Origin::system();
         state.ledger.init_default_chart(&company, &origin).await?;
         let token = admin_token(&state).await?;
-        let installed = state.runtime.install(&company, component, &origin).await?;
-        let changes = PluginChanges {
-            status: Some(Status::Enabled),
-            granted: Some(
-                installed
-                    .requested
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect(),
-            ),
-            limits: None,
-        };
         let plugin = state
             .runtime
-            .change(&company, &installed.name, &changes, None, &origin)
+            .install_enabled(&company, component, &origin)
             .await?;
         Ok(Self {
             router: api::app(state.clone()),

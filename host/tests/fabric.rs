@@ -44,23 +44,6 @@ fn gunzip(path: &Path) -> Vec<u8> {
     bytes
 }
 
-/// Installs a component, grants everything it asks for and enables it.
-async fn install_enabled(app: &TestApp, bytes: Vec<u8>) -> Value {
-    let installed = app
-        .request(Method::POST, "/api/v1/plugins", &[], Some(bytes))
-        .await;
-    assert_eq!(installed.status, 201, "{}", installed.text);
-    let name = installed.body["name"].as_str().expect("a name").to_owned();
-    let enabled = app
-        .patch(
-            &format!("/api/v1/plugins/{name}"),
-            json!({ "granted": installed.body["requested"], "status": "enabled" }),
-        )
-        .await;
-    assert_eq!(enabled.status, 200, "{}", enabled.text);
-    enabled.body
-}
-
 async fn send(app: &TestApp, method: Method, path: &str, body: &Value) -> common::Reply {
     app.request(
         method,
@@ -100,7 +83,7 @@ on_both_backends! {
             let scenario = std::fs::read_to_string(golden.join("expenses.scenario.jsonl"))
                 .expect("the golden scenario");
             let bytes = gunzip(&golden.join(format!("expenses-{language}.wasm.gz")));
-            let plugin = install_enabled(&app, bytes).await;
+            let plugin = app.install_enabled(bytes).await;
             assert_eq!(plugin["api_version"], version, "{plugin}");
             ran.push(format!("{version}/{language}"));
             for line in scenario.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
@@ -139,7 +122,7 @@ on_both_backends! {
         ran.sort();
         assert_eq!(committed, ran, "a golden component is committed but not run");
         // A 0.2.0 plugin runs beside them.
-        let hub = install_enabled(&app, rust_plugin("hub")).await;
+        let hub = app.install_enabled(rust_plugin("hub")).await;
         assert_eq!(hub["api_version"], "0.2.0", "{hub}");
     }
 
@@ -168,7 +151,7 @@ on_both_backends! {
     }
 
     async fn indexed_storage_answers_equality_and_ranges_in_order_with_cursors(app: TestApp) {
-        install_enabled(&app, rust_plugin("hub")).await;
+        app.install_enabled(rust_plugin("hub")).await;
         let orders = [
             ("o1", "open", json!(30), 7),
             ("o2", "open", json!(10), 8),
@@ -237,9 +220,9 @@ on_both_backends! {
 
     async fn events_arrive_in_order_failures_retry_then_dead_letter_and_replay(app: TestApp) {
         quick_retries(&app);
-        install_enabled(&app, rust_plugin("hub")).await;
-        install_enabled(&app, rust_plugin("spoke-1")).await;
-        install_enabled(&app, rust_plugin("spoke-2")).await;
+        app.install_enabled(rust_plugin("hub")).await;
+        app.install_enabled(rust_plugin("spoke-1")).await;
+        app.install_enabled(rust_plugin("spoke-2")).await;
         let publish = async |subject: &str, payload: Value| {
             let reply = app
                 .post("/api/v1/plugins/hub/publish",
@@ -294,13 +277,13 @@ on_both_backends! {
         let removed = app.request(Method::DELETE, "/api/v1/plugins/spoke-1", &[], None).await;
         assert_eq!(removed.status, 204, "{}", removed.text);
         let waiting = publish("thing/3", json!({ "n": 4 })).await;
-        install_enabled(&app, rust_plugin("spoke-1")).await;
+        app.install_enabled(rust_plugin("spoke-1")).await;
         app.state.runtime.dispatch_all().await.expect("dispatching");
         assert!(!ids(seen(&app, "spoke-1").await).contains(&waiting), "not subscribed while uninstalled");
         let kept = publish("thing/3", json!({ "n": 5 })).await;
         app.request(Method::DELETE, "/api/v1/plugins/spoke-1", &[], None).await;
         app.state.runtime.dispatch_all().await.expect("dispatching");
-        install_enabled(&app, rust_plugin("spoke-1")).await;
+        app.install_enabled(rust_plugin("spoke-1")).await;
         app.state.runtime.dispatch_all().await.expect("dispatching");
         assert!(ids(seen(&app, "spoke-1").await).contains(&kept), "kept for the reinstalled subscriber");
 
@@ -340,10 +323,10 @@ on_both_backends! {
     }
 
     async fn calls_need_a_grant_share_the_callers_transaction_and_stop_cycles(app: TestApp) {
-        install_enabled(&app, rust_plugin("hub")).await;
-        install_enabled(&app, rust_plugin("spoke-1")).await;
-        install_enabled(&app, rust_plugin("spoke-2")).await;
-        install_enabled(&app, rust_plugin("spoke-3")).await;
+        app.install_enabled(rust_plugin("hub")).await;
+        app.install_enabled(rust_plugin("spoke-1")).await;
+        app.install_enabled(rust_plugin("spoke-2")).await;
+        app.install_enabled(rust_plugin("spoke-3")).await;
         let call = async |plugin: &str, operation: &str| {
             app.post("/api/v1/plugins/hub/call",
                      json!({ "plugin": plugin, "operation": operation, "input": { "x": 1 } }))
@@ -379,9 +362,9 @@ on_both_backends! {
     }
 
     async fn hooks_run_in_order_and_failures_are_handled_as_declared(app: TestApp) {
-        install_enabled(&app, rust_plugin("hub")).await;
+        app.install_enabled(rust_plugin("hub")).await;
         for spoke in ["spoke-3", "spoke-1", "spoke-2"] {
-            install_enabled(&app, rust_plugin(spoke)).await;
+            app.install_enabled(rust_plugin(spoke)).await;
         }
         let run = async |point: &str, input: Value| {
             app.post(&format!("/api/v1/plugins/hub/hooks/{point}"), input).await
@@ -416,7 +399,7 @@ on_both_backends! {
 
 on_both_backends! {
     async fn plugins_declare_custom_fields_on_parties(app: TestApp) {
-        install_enabled(&app, rust_plugin("hub")).await;
+        app.install_enabled(rust_plugin("hub")).await;
         let fields = app.get("/api/v1/parties/fields").await;
         assert_eq!(fields.status, 200, "{}", fields.text);
         let rating = fields

@@ -37,21 +37,6 @@ async fn install(app: &TestApp, bytes: Vec<u8>) -> common::Reply {
         .await
 }
 
-/// Installs a component, grants everything it asks for and enables it.
-async fn install_enabled(app: &TestApp, bytes: Vec<u8>) -> Value {
-    let installed = install(app, bytes).await;
-    assert_eq!(installed.status, 201, "{}", installed.text);
-    let name = installed.body["name"].as_str().expect("a name").to_owned();
-    let enabled = app
-        .patch(
-            &format!("/api/v1/plugins/{name}"),
-            json!({ "granted": installed.body["requested"], "status": "enabled" }),
-        )
-        .await;
-    assert_eq!(enabled.status, 200, "{}", enabled.text);
-    enabled.body
-}
-
 /// A custom role with these permissions, and a user holding it; returns the user's token.
 async fn user_with(app: &TestApp, username: &str, permissions: Value) -> (i64, String) {
     let role = format!("{username}-role");
@@ -509,7 +494,7 @@ on_both_backends! {
     }
 
     async fn upgrades_migrate_in_one_transaction_and_uninstall_keeps_data_until_purged(app: TestApp) {
-        let v1 = install_enabled(&app, rust_plugin("faulty")).await;
+        let v1 = app.install_enabled(rust_plugin("faulty")).await;
         assert_eq!(v1["version"], "1.0.0");
         assert_eq!(app.get("/api/v1/plugins/faulty/migrated-from").await.body, Value::Null);
         let remembered = app.post("/api/v1/plugins/faulty/remember", json!({ "kept": true })).await;
@@ -554,7 +539,7 @@ on_both_backends! {
         let removed = app.request(Method::DELETE, "/api/v1/plugins/faulty", &[], None).await;
         assert_eq!(removed.status, 204, "{}", removed.text);
         assert_eq!(app.get("/api/v1/plugins/faulty/ok").await.status, 404);
-        let back = install_enabled(&app, rust_plugin("faulty")).await;
+        let back = app.install_enabled(rust_plugin("faulty")).await;
         assert_eq!(back["version"], "1.0.0");
         assert_eq!(app.get("/api/v1/plugins/faulty/remembered").await.body, json!({ "kept": true }));
 
@@ -562,7 +547,7 @@ on_both_backends! {
         let purged = app.request(Method::DELETE, "/api/v1/plugins/faulty?purge=true", &[], None).await;
         assert_eq!(purged.status, 204, "{}", purged.text);
         assert_eq!(app.get("/api/v1/plugins/faulty").await.status, 404);
-        let fresh = install_enabled(&app, rust_plugin("faulty")).await;
+        let fresh = app.install_enabled(rust_plugin("faulty")).await;
         assert_eq!(fresh["migrated_version"], "1.0.0");
         assert_eq!(app.get("/api/v1/plugins/faulty/remembered").await.body, Value::Null);
 
@@ -580,7 +565,7 @@ on_both_backends! {
 async fn a_restart_loads_plugins_from_the_compiled_cache() {
     let cache = tempfile::tempdir().expect("a temporary folder");
     let first = TestApp::bare_with_compiled_plugins(TestDatabase::sqlite(), cache.path()).await;
-    install_enabled(&first, rust_plugin("expenses_rust")).await;
+    first.install_enabled(rust_plugin("expenses_rust")).await;
     assert_eq!(first.state.runtime.compilations(), 1);
 
     let second = first.restarted().await;

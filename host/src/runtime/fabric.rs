@@ -125,7 +125,7 @@ impl hooks::Host for CallState {
             let outcome = self
                 .nested(&plugin, &operation, &current.to_string(), Some(budget))
                 .await?
-                .map_err(|error| describe(&error))
+                .map_err(|error| super::call::from_wit(&plugin, error).to_string())
                 .and_then(|output| {
                     let output: serde_json::Value = serde_json::from_str(&output)
                         .map_err(|e| format!("returned output that is not JSON: {e}"))?;
@@ -175,24 +175,6 @@ fn schema_error(field: &str, broken: Vec<(String, String)>) -> Error {
             })
             .collect(),
     )
-}
-
-fn describe(error: &WitError) -> String {
-    match error {
-        WitError::NotFound(m) => format!("not found: {m}"),
-        WitError::Invalid(errors) => format!(
-            "invalid: {}",
-            errors
-                .iter()
-                .map(|e| format!("{} {}", e.field, e.message))
-                .collect::<Vec<_>>()
-                .join("; ")
-        ),
-        WitError::Denied(m) => format!("denied: {m}"),
-        WitError::Conflict(m) => format!("conflict: {m}"),
-        WitError::LimitExceeded(m) => format!("limit exceeded: {m}"),
-        WitError::Internal(m) => m.clone(),
-    }
 }
 
 /// The enabled implementations of an extension point, in the order they run.

@@ -156,34 +156,71 @@ pub async fn reindex_record(
     if indexes.is_empty() {
         return Ok(());
     }
+    delete_entries(tx, owner, collection, Entries::OfRecord(key)).await?;
+    if let Some(record) = record {
+        for index in indexes {
+            insert_entry(tx, owner, collection, index, record, key).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn insert_entry(
+    tx: &mut Tx,
+    owner: Owner<'_>,
+    collection: &str,
+    index: &Index,
+    record: &Value,
+    key: &str,
+) -> Result<()> {
     on_conn!(tx, conn => {
         sqlx::query(
-            "DELETE FROM plugin_index_entries \
-             WHERE company_id = $1 AND plugin = $2 AND collection = $3 AND record_key = $4",
+            "INSERT INTO plugin_index_entries \
+             (company_id, plugin, collection, name, index_key, record_key) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(owner.company_id)
         .bind(owner.plugin)
         .bind(collection)
+        .bind(&index.name)
+        .bind(key_of(index, record))
         .bind(key)
         .execute(&mut *conn)
         .await?;
-        if let Some(record) = record {
-            for index in indexes {
-                sqlx::query(
-                    "INSERT INTO plugin_index_entries \
-                     (company_id, plugin, collection, name, index_key, record_key) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(owner.company_id)
-                .bind(owner.plugin)
-                .bind(collection)
-                .bind(&index.name)
-                .bind(key_of(index, record))
-                .bind(key)
-                .execute(&mut *conn)
-                .await?;
-            }
-        }
+    });
+    Ok(())
+}
+
+/// Which entries of a collection to remove.
+enum Entries<'a> {
+    /// Every index's entry of one record.
+    OfRecord(&'a str),
+    /// Every entry of one index.
+    OfIndex(&'a str),
+}
+
+async fn delete_entries(
+    tx: &mut Tx,
+    owner: Owner<'_>,
+    collection: &str,
+    entries: Entries<'_>,
+) -> Result<()> {
+    let (column, value) = match entries {
+        Entries::OfRecord(key) => ("record_key", key),
+        Entries::OfIndex(name) => ("name", name),
+    };
+    let sql = format!(
+        "DELETE FROM plugin_index_entries \
+         WHERE company_id = $1 AND plugin = $2 AND collection = $3 AND {column} = $4"
+    );
+    on_conn!(tx, conn => {
+        sqlx::query(&sql)
+            .bind(owner.company_id)
+            .bind(owner.plugin)
+            .bind(collection)
+            .bind(value)
+            .execute(&mut *conn)
+            .await?;
     });
     Ok(())
 }
@@ -274,17 +311,8 @@ pub async fn sync(
             .iter()
             .any(|(c, index, f)| c == collection && &index.name == name && f == fields);
         if !kept {
+            delete_entries(tx, owner, collection, Entries::OfIndex(name)).await?;
             on_conn!(tx, conn => {
-                sqlx::query(
-                    "DELETE FROM plugin_index_entries \
-                     WHERE company_id = $1 AND plugin = $2 AND collection = $3 AND name = $4",
-                )
-                .bind(owner.company_id)
-                .bind(owner.plugin)
-                .bind(collection)
-                .bind(name)
-                .execute(&mut *conn)
-                .await?;
                 sqlx::query(
                     "DELETE FROM plugin_indexes \
                      WHERE company_id = $1 AND plugin = $2 AND collection = $3 AND name = $4",
@@ -320,18 +348,7 @@ async fn build(
     fields: &str,
 ) -> Result<()> {
     // A migration that ran before this may have written entries of the index already.
-    on_conn!(tx, conn => {
-        sqlx::query(
-            "DELETE FROM plugin_index_entries \
-             WHERE company_id = $1 AND plugin = $2 AND collection = $3 AND name = $4",
-        )
-        .bind(owner.company_id)
-        .bind(owner.plugin)
-        .bind(collection)
-        .bind(&index.name)
-        .execute(&mut *conn)
-        .await?;
-    });
+    delete_entries(tx, owner, collection, Entries::OfIndex(&index.name)).await?;
     let mut after = String::new();
     loop {
         let rows: Vec<(String, String)> = on_conn!(tx, conn => {
@@ -355,21 +372,7 @@ async fn build(
         after = last.clone();
         for (key, value) in &rows {
             let record: Value = serde_json::from_str(value).unwrap_or(Value::Null);
-            on_conn!(tx, conn => {
-                sqlx::query(
-                    "INSERT INTO plugin_index_entries \
-                     (company_id, plugin, collection, name, index_key, record_key) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(owner.company_id)
-                .bind(owner.plugin)
-                .bind(collection)
-                .bind(&index.name)
-                .bind(key_of(index, &record))
-                .bind(key)
-                .execute(&mut *conn)
-                .await?;
-            });
+            insert_entry(tx, owner, collection, index, &record, key).await?;
         }
     }
     on_conn!(tx, conn => {

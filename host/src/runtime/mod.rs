@@ -42,9 +42,6 @@ pub use dispatch::{DEFAULT_POLICY, DispatchPolicy};
 pub use index::key_of as index_key_of;
 pub use stats::PluginStats;
 
-/// The newest version of the host API, the one new plugins build against.
-pub const API_VERSION: &str = "0.2.0";
-
 /// Interfaces of the host API a component may import, in every version served.
 const KEEL_INTERFACES: &[&str] = &[
     "types",

@@ -82,7 +82,8 @@ pub(super) struct PluginRow {
     subscriptions: Vec<String>,
     limits: LimitOverrides,
     migrated_version: Option<String>,
-    pub(super) declarations: Declarations,
+    /// Shared with every call's context: read on each call, never copied.
+    pub(super) declarations: std::sync::Arc<Declarations>,
     installed_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -140,7 +141,7 @@ struct Validated {
     description: String,
     requested: Vec<Capability>,
     subscriptions: Vec<String>,
-    declarations: Declarations,
+    declarations: std::sync::Arc<Declarations>,
     pre: PluginPre,
 }
 
@@ -246,7 +247,7 @@ macro_rules! plugin_from_row {
                 subscriptions: serde_json::from_str(&json("subscriptions")?)?,
                 limits: serde_json::from_str(&json("limits")?)?,
                 migrated_version: row.try_get("migrated_version")?,
-                declarations: serde_json::from_str(&json("declarations")?)?,
+                declarations: std::sync::Arc::new(serde_json::from_str(&json("declarations")?)?),
                 installed_at: row.try_get("installed_at")?,
                 updated_at: row.try_get("updated_at")?,
             })
@@ -326,7 +327,7 @@ async fn save(tx: &mut Tx, company: &Company, row: &PluginRow, insert: bool) -> 
             .bind(&row.migrated_version)
             .bind(row.installed_at)
             .bind(row.updated_at)
-            .bind(serde_json::to_string(&row.declarations).map_err(anyhow::Error::from)?)
+            .bind(serde_json::to_string(row.declarations.as_ref()).map_err(anyhow::Error::from)?)
             .execute(&mut *conn)
             .await
             .map(|_| ())
@@ -469,7 +470,7 @@ impl Runtime {
             requested: row.requested,
             granted: row.granted,
             subscriptions: row.subscriptions,
-            declarations: row.declarations,
+            declarations: row.declarations.as_ref().clone(),
             migrated_version: row.migrated_version,
             installed_at: row.installed_at,
             updated_at: row.updated_at,
@@ -530,7 +531,7 @@ impl Runtime {
             return Err(Error::Invalid(errors));
         }
         Ok(Validated {
-            declarations,
+            declarations: std::sync::Arc::new(declarations),
             api_version: super::api_version_of(&component),
             hash,
             name: manifest.name,
@@ -642,6 +643,30 @@ impl Runtime {
         tx.commit().await?;
         self.remember(&validated);
         self.get(company, &row.name).await
+    }
+
+    /// Installs a plugin, grants everything its manifest asks for and enables it: for
+    /// throwaway hosts (`keel plugin test`, benchmarks), where no admin reviews the grant.
+    pub async fn install_enabled(
+        &self,
+        company: &Company,
+        bytes: &[u8],
+        origin: &Origin,
+    ) -> Result<PluginView> {
+        let installed = self.install(company, bytes, origin).await?;
+        let changes = PluginChanges {
+            status: Some(Status::Enabled),
+            granted: Some(
+                installed
+                    .requested
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+            ),
+            limits: None,
+        };
+        self.change(company, &installed.name, &changes, None, origin)
+            .await
     }
 
     pub async fn list(&self, company: &Company) -> Result<Vec<PluginView>> {
@@ -800,7 +825,7 @@ impl Runtime {
             origin,
             limits: row.limits.apply(),
             read_only,
-            declarations: std::sync::Arc::new(row.declarations.clone()),
+            declarations: row.declarations.clone(),
             depth: 0,
             defer_audit: false,
         }

@@ -338,6 +338,24 @@ impl TestApp {
             .await
     }
 
+    /// Installs a plugin component, grants everything it asks for and enables it; returns
+    /// the plugin as the API shows it.
+    pub async fn install_enabled(&self, component: Vec<u8>) -> Value {
+        let installed = self
+            .request(Method::POST, "/api/v1/plugins", &[], Some(component))
+            .await;
+        assert_eq!(installed.status, 201, "{}", installed.text);
+        let name = installed.body["name"].as_str().expect("a name").to_owned();
+        let enabled = self
+            .patch(
+                &format!("/api/v1/plugins/{name}"),
+                json!({ "granted": installed.body["requested"], "status": "enabled" }),
+            )
+            .await;
+        assert_eq!(enabled.status, 200, "{}", enabled.text);
+        enabled.body
+    }
+
     pub async fn patch(&self, path: &str, body: Value) -> Reply {
         self.request(
             Method::PATCH,
