@@ -1,6 +1,6 @@
 //! Write Keel plugins in Rust.
 //!
-//! A plugin is a WebAssembly component for the world `keel:platform/plugin@0.2.0`. This crate
+//! A plugin is a WebAssembly component for the world `keel:platform/plugin@0.2.1`. This crate
 //! generates the bindings and puts a small API in front of them: typed [`storage`] with serde,
 //! [`money`] conversions to `rust_decimal`, an HTTP [`Router`], the [`Error`] every host call
 //! and export returns, and the [`export!`] macro.
@@ -28,6 +28,7 @@
 //! Build with `cargo build --release --target wasm32-wasip2`, then
 //! `keel plugin install target/wasm32-wasip2/release/hello.wasm`.
 
+pub mod dates;
 pub mod money;
 pub mod router;
 pub mod storage;
@@ -44,7 +45,7 @@ pub mod storage;
 pub mod bindings {
     wit_bindgen::generate!({
         world: "plugin",
-        path: "../wit/keel-platform-0.2.0",
+        path: "../wit/keel-platform-0.2.1",
         pub_export_macro: true,
         export_macro_name: "export_bindings",
         default_bindings_module: "keel_sdk::bindings",
@@ -245,6 +246,26 @@ impl Request {
         Ok(serde_json::from_slice(&self.body)?)
     }
 
+    /// The query string's parameters, percent-decoded, in order.
+    pub fn query_pairs(&self) -> Vec<(String, String)> {
+        self.query
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| {
+                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                (percent_decode(name), percent_decode(value))
+            })
+            .collect()
+    }
+
+    /// The first value of query parameter `name`.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        self.query_pairs()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, value)| value)
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -305,6 +326,113 @@ impl Response {
     }
 }
 
+/// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a byte.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => decoded.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(high), Some(low)) => {
+                        decoded.push((high * 16 + low) as u8);
+                        i += 2;
+                    }
+                    _ => decoded.push(b'%'),
+                }
+            }
+            other => decoded.push(other),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
+}
+
+/// Collects the invalid fields of an input, to answer with all of them at once.
+#[derive(Debug, Default)]
+pub struct FieldErrors(Vec<FieldError>);
+
+impl FieldErrors {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Adds the fields of an `invalid` error; any other error is returned as it is.
+    pub fn absorb(&mut self, error: Error) -> Result<(), Error> {
+        match error {
+            Error::Invalid(errors) => {
+                self.0.extend(errors);
+                Ok(())
+            }
+            other => Err(other),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `Ok` when nothing was added, else one `invalid` error naming every field.
+    pub fn finish(self) -> Result<(), Error> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Invalid(self.0))
+        }
+    }
+}
+
+/// Which owners' records a user may see under one permission, as the authz model says: their
+/// own, their team's (they and their direct reports) or everyone's. Plugins that keep an owner
+/// on their records (a lead, an opportunity, a quote) filter with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reach {
+    /// The owners covered; `None` for all.
+    owners: Option<Vec<i64>>,
+}
+
+impl Reach {
+    /// The reach of `permission` (`plugins.sfa.leads:read`); `None` when the acting user lacks
+    /// it, or the call acts for no user.
+    pub fn of(permission: &str) -> Option<Self> {
+        let owners = match authz::scope_of(permission)? {
+            authz::Scope::All => None,
+            authz::Scope::Team => Some(authz::team()),
+            authz::Scope::Own => Some(vec![user_id()?]),
+        };
+        Some(Self { owners })
+    }
+
+    /// Everyone's records: for calls the plugin makes on its own behalf.
+    pub fn all() -> Self {
+        Self { owners: None }
+    }
+
+    /// Whether a record owned by `owner` is within reach; an unowned one only for `all`.
+    pub fn covers(&self, owner: Option<i64>) -> bool {
+        match (&self.owners, owner) {
+            (None, _) => true,
+            (Some(owners), Some(owner)) => owners.contains(&owner),
+            (Some(_), None) => false,
+        }
+    }
+
+    /// The owners covered, ascending; `None` for all.
+    pub fn owners(&self) -> Option<&[i64]> {
+        self.owners.as_deref()
+    }
+}
+
 /// Whether the user the call acts for holds `permission` (`resource:action`).
 pub fn allowed(permission: &str) -> bool {
     authz::allowed(permission)
@@ -313,4 +441,25 @@ pub fn allowed(permission: &str) -> bool {
 /// The user the call acts for, if any.
 pub fn user_id() -> Option<i64> {
     authz::principal().user_id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_are_decoded_like_forms() {
+        let request = Request {
+            method: "GET".to_owned(),
+            path: "/".to_owned(),
+            query: "q=Acme+%26+Co&stage=&%zz=1&owner=7".to_owned(),
+            headers: Vec::new(),
+            body: Vec::new(),
+        };
+        assert_eq!(request.query_param("q").as_deref(), Some("Acme & Co"));
+        assert_eq!(request.query_param("stage").as_deref(), Some(""));
+        assert_eq!(request.query_param("%zz").as_deref(), Some("1"));
+        assert_eq!(request.query_param("owner").as_deref(), Some("7"));
+        assert_eq!(request.query_param("missing"), None);
+    }
 }

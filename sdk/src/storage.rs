@@ -12,7 +12,6 @@ use crate::bindings::keel::platform::storage as host;
 /// Items fetched per host call when iterating.
 const PAGE_ITEMS: u32 = 500;
 
-/// A collection of records of type `T`.
 /// One page of an index query: `(key, record)` pairs, and where the next page starts.
 #[derive(Debug, Clone)]
 pub struct Page<T> {
@@ -21,6 +20,7 @@ pub struct Page<T> {
     pub next: Option<String>,
 }
 
+/// A collection of records of type `T`.
 #[derive(Debug, Clone, Copy)]
 pub struct Collection<T> {
     name: &'static str,
@@ -33,6 +33,11 @@ impl<T: Serialize + DeserializeOwned> Collection<T> {
             name,
             records: PhantomData,
         }
+    }
+
+    /// The collection's name, as the manifest declares its indexes.
+    pub const fn name(&self) -> &'static str {
+        self.name
     }
 
     pub fn put(&self, key: &str, value: &T) -> Result<(), Error> {
@@ -73,7 +78,6 @@ impl<T: Serialize + DeserializeOwned> Collection<T> {
             .collect()
     }
 
-    /// Every record, in key order, fetched a page at a time.
     /// Records whose index `index` starts with the values `equals`, in index order; `after`
     /// is the `next` of the previous page.
     pub fn find(
@@ -119,6 +123,7 @@ impl<T: Serialize + DeserializeOwned> Collection<T> {
         })
     }
 
+    /// Every record, in key order, fetched a page at a time.
     pub fn all(&self) -> Result<Vec<(String, T)>, Error> {
         let mut all = Vec::new();
         loop {
@@ -139,4 +144,16 @@ fn decode<T: DeserializeOwned>(collection: &str, json: &str) -> Result<T, Error>
             "a record of {collection} does not have the expected shape: {e}"
         ))
     })
+}
+
+/// Where the plugin's numbering sequences live.
+const SEQUENCES: Collection<u64> = Collection::new("sequences");
+
+/// The next number of a sequence without gaps, e.g. quote numbers: 1, then 2 … It is taken in
+/// the call's transaction, so a call that fails gives its number back, and concurrent calls
+/// take theirs one after the other (reading a key reserves it until the call ends).
+pub fn next_number(sequence: &str) -> Result<u64, Error> {
+    let next = SEQUENCES.get(sequence)?.unwrap_or(0) + 1;
+    SEQUENCES.put(sequence, &next)?;
+    Ok(next)
 }

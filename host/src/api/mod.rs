@@ -147,6 +147,10 @@ pub fn app(state: AppState) -> Router {
             "/api/v1/plugins/{name}/{*path}",
             axum::routing::any(crate::runtime::http::plugin_route),
         )
+        .route(
+            "/api/v1/public/{company}/{name}/{*path}",
+            axum::routing::any(crate::runtime::http::public_route),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(move || async move { metrics.render() }))

@@ -201,18 +201,37 @@ const BUILT_IN_ROLES: &[BuiltInRole] = &[
     },
     BuiltInRole {
         name: "sales-rep",
-        description: "Works the customers they own",
+        description: "Works the customers, leads, opportunities and quotes they own",
         grants: &[
             ("parties", "read", Scope::Own),
             ("parties", "write", Scope::Own),
+            ("plugins.sfa", "use", Scope::All),
+            ("plugins.sfa.leads", "*", Scope::Own),
+            ("plugins.sfa.opportunities", "*", Scope::Own),
+            ("plugins.sfa.activities", "*", Scope::Own),
+            ("plugins.sfa.pipeline", "read", Scope::Own),
+            ("plugins.cpq", "use", Scope::All),
+            ("plugins.cpq.catalog", "read", Scope::All),
+            ("plugins.cpq.quotes", "*", Scope::Own),
         ],
     },
     BuiltInRole {
         name: "sales-manager",
-        description: "Works the customers of their team",
+        description: "Works the customers, leads, opportunities and quotes of their team, \
+                      assigns them and approves discounts up to the manager's level",
         grants: &[
             ("parties", "read", Scope::Team),
             ("parties", "write", Scope::Team),
+            ("plugins.sfa", "use", Scope::All),
+            ("plugins.sfa.leads", "*", Scope::Team),
+            ("plugins.sfa.opportunities", "*", Scope::Team),
+            ("plugins.sfa.activities", "*", Scope::Team),
+            ("plugins.sfa.pipeline", "read", Scope::Team),
+            ("plugins.sfa.records", "assign", Scope::Team),
+            ("plugins.cpq", "use", Scope::All),
+            ("plugins.cpq.catalog", "read", Scope::All),
+            ("plugins.cpq.quotes", "*", Scope::Team),
+            ("plugins.cpq.discounts", "approve-manager", Scope::Team),
         ],
     },
     BuiltInRole {
@@ -1407,6 +1426,10 @@ mod tests {
     fn every_built_in_grant_names_known_permissions() {
         for role in BUILT_IN_ROLES {
             for (resource, action, _) in role.grants {
+                // The first-party sales modules' own permissions, which the host cannot list.
+                if is_plugin_resource(resource) {
+                    continue;
+                }
                 assert!(
                     perm::ALL
                         .iter()

@@ -821,6 +821,9 @@ impl wit_storage::Host for CallState {
         }
         self.read(async |tx, context| {
             let owner = context.owner();
+            if !context.read_only {
+                records::reserve(tx, owner, &collection, &key).await?;
+            }
             records::get(tx, owner, &collection, &key).await
         })
         .await
@@ -1016,17 +1019,40 @@ impl wit_authz::Host for CallState {
 
     async fn allowed(&mut self, permission: String) -> wasmtime::Result<bool> {
         self.count()?;
+        Ok(self.permission_scope(&permission).is_some())
+    }
+
+    async fn scope_of(&mut self, permission: String) -> wasmtime::Result<Option<wit_authz::Scope>> {
+        self.count()?;
+        Ok(self.permission_scope(&permission).map(|scope| match scope {
+            Scope::Own => wit_authz::Scope::Own,
+            Scope::Team => wit_authz::Scope::Team,
+            Scope::All => wit_authz::Scope::All,
+        }))
+    }
+
+    async fn team(&mut self) -> wasmtime::Result<Vec<i64>> {
+        self.count()?;
         let Some(user) = self.context.user else {
-            return Ok(false);
+            return Ok(Vec::new());
         };
-        let Some((resource, action)) = permission.rsplit_once(':') else {
-            return Ok(false);
-        };
-        Ok(self
-            .services
+        self.services
+            .authz
+            .team_of(user)
+            .await
+            .map_err(host_failure)
+    }
+}
+
+impl CallState {
+    /// How far a permission named by the plugin ("plugins.sfa.leads:read") reaches for the
+    /// acting user; `None` without a user or a well-formed name.
+    fn permission_scope(&self, permission: &str) -> Option<Scope> {
+        let user = self.context.user?;
+        let (resource, action) = permission.rsplit_once(':')?;
+        self.services
             .authz
             .scope_named(user, self.context.company.id, resource, action)
-            .is_some())
     }
 }
 

@@ -20,19 +20,23 @@ pub enum Capability {
     Storage,
     /// Publishing events under the plugin's name: `events:publish`.
     EventsPublish,
+    /// Receiving unauthenticated requests at `/api/v1/public/<company>/<plugin>/…` (web
+    /// forms), rate limited per client: `http:public`.
+    HttpPublic,
     /// Calling one operation of another plugin: `call:<plugin>/<operation>`.
     Call { plugin: String, operation: String },
 }
 
 impl Capability {
     /// The capabilities without parameters.
-    pub const FIXED: [Self; 6] = [
+    pub const FIXED: [Self; 7] = [
         Self::LedgerRead,
         Self::LedgerPost,
         Self::PartiesRead,
         Self::PartiesWrite,
         Self::Storage,
         Self::EventsPublish,
+        Self::HttpPublic,
     ];
 
     /// How the known capabilities are written, for error messages.
@@ -69,6 +73,7 @@ impl std::fmt::Display for Capability {
             Self::PartiesWrite => f.write_str("parties:write"),
             Self::Storage => f.write_str("storage"),
             Self::EventsPublish => f.write_str("events:publish"),
+            Self::HttpPublic => f.write_str("http:public"),
             Self::Call { plugin, operation } => write!(f, "call:{plugin}/{operation}"),
         }
     }
@@ -98,7 +103,7 @@ impl utoipa::PartialSchema for Capability {
             .schema_type(Type::String)
             .description(Some(
                 "ledger:read, ledger:post, parties:read, parties:write, storage, \
-                 events:publish or call:<plugin>/<operation>",
+                 events:publish, http:public or call:<plugin>/<operation>",
             ))
             .into()
     }

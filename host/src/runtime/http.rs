@@ -4,7 +4,9 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -14,11 +16,13 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::dispatch::{DeadLetter, DeadLetterFilter};
+use super::public::PUBLIC_BODY_BYTES_MAX;
 use super::registry::{COMPONENT_BYTES_MAX, PluginChanges, PluginRequest, PluginView};
 use crate::api::AppState;
 use crate::api::auth::{Authorized, InCompany, need, principal_key};
 use crate::api::extract::{Body, IdempotencyKey};
 use crate::api::problem::Problem;
+use crate::audit::Origin;
 use crate::authz::PLUGIN_RESOURCE_PREFIX;
 use crate::error::{Error, Result};
 use crate::idempotency::{RequestKey, fingerprint};
@@ -170,25 +174,7 @@ pub async fn plugin_route(
 ) -> Result<Response> {
     let resource = format!("{PLUGIN_RESOURCE_PREFIX}{name}");
     caller.require(&state, &resource, USE_ACTION).await?;
-    let (parts, body) = request.into_parts();
-    let body = axum::body::to_bytes(body, usize::MAX)
-        .await
-        .map_err(|error| Error::invalid("body", format!("could not be read: {error}")))?;
-    let headers = parts
-        .headers
-        .iter()
-        .filter(|(name, _)| !WITHHELD_HEADERS.contains(&name.as_str()))
-        .filter_map(|(name, value)| {
-            Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
-        })
-        .collect();
-    let request = PluginRequest {
-        method: parts.method.as_str().to_owned(),
-        path: format!("/{path}"),
-        query: parts.uri.query().unwrap_or_default().to_owned(),
-        headers,
-        body: body.to_vec(),
-    };
+    let (parts, request) = plugin_request(request, &path, usize::MAX).await?;
     // Reads are not recorded: only a request that may change something is made exactly-once.
     let key = key
         .0
@@ -209,12 +195,75 @@ pub async fn plugin_route(
         .handle_http(
             &caller.company,
             &name,
-            caller.principal.user_id,
+            Some(caller.principal.user_id),
             &caller.origin,
             request,
             key,
         )
         .await?;
+    Ok(reply_from(response))
+}
+
+/// Everything below `/api/v1/public/{company}/{name}/`: a plugin's public routes (web forms),
+/// reached without credentials when the plugin holds `http:public`, rate limited per client
+/// address. The plugin sees the path below `/public/` and acts for no user.
+pub async fn public_route(
+    State(state): State<AppState>,
+    Path((company, name, path)): Path<(String, String, String)>,
+    request: Request,
+) -> Result<Response> {
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip());
+    let company = state.companies.by_code(&company).await?;
+    let origin = Origin {
+        request_id: request
+            .headers()
+            .get("x-request-id")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned),
+        ..Origin::system()
+    };
+    let (_, request) = plugin_request(request, &path, PUBLIC_BODY_BYTES_MAX).await?;
+    let response = state
+        .runtime
+        .handle_public_http(&company, &name, client, &origin, request)
+        .await?;
+    Ok(reply_from(response))
+}
+
+/// The request a plugin receives: the caller's credentials withheld, the body read up to
+/// `body_bytes_max`.
+async fn plugin_request(
+    request: Request,
+    path: &str,
+    body_bytes_max: usize,
+) -> Result<(axum::http::request::Parts, PluginRequest)> {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, body_bytes_max)
+        .await
+        .map_err(|error| Error::invalid("body", format!("could not be read: {error}")))?;
+    let headers = parts
+        .headers
+        .iter()
+        .filter(|(name, _)| !WITHHELD_HEADERS.contains(&name.as_str()))
+        .filter_map(|(name, value)| {
+            Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+        })
+        .collect();
+    let request = PluginRequest {
+        method: parts.method.as_str().to_owned(),
+        path: format!("/{path}"),
+        query: parts.uri.query().unwrap_or_default().to_owned(),
+        headers,
+        body: body.to_vec(),
+    };
+    Ok((parts, request))
+}
+
+/// The HTTP answer for a plugin's response.
+fn reply_from(response: super::registry::PluginResponse) -> Response {
     let mut reply = Response::new(axum::body::Body::from(response.body));
     *reply.status_mut() = StatusCode::from_u16(response.status).unwrap_or(StatusCode::BAD_GATEWAY);
     for (name, value) in response.headers {
@@ -230,7 +279,7 @@ pub async fn plugin_route(
             .headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
-    Ok(reply)
+    reply
 }
 
 /// Routes of event delivery: the dead-letter list and its replay.

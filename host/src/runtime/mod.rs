@@ -1,5 +1,5 @@
 //! The plugin runtime: business modules as sandboxed WebAssembly components against the WIT
-//! packages `keel:platform@0.1.0` and `@0.2.0` (`wit/`), served side by side.
+//! packages `keel:platform@0.1.0` and `@0.2.1` (`wit/`), served side by side.
 //!
 //! One engine with the pooling allocator serves every plugin; each component is compiled once
 //! and kept on disk ([`engine::CompiledCache`]); each installed version has an `InstancePre`,
@@ -18,6 +18,7 @@ mod fabric;
 pub mod http;
 mod index;
 pub mod limits;
+pub mod public;
 pub mod registry;
 mod schema;
 mod stats;
@@ -107,6 +108,7 @@ pub struct Runtime {
     compilations: std::sync::atomic::AtomicU64,
     /// Request rate of plugins whose admin set one, by company and plugin.
     rates: Mutex<HashMap<(i64, String), RateBucket>>,
+    public: public::PublicLimiter,
     dispatch_policy: Mutex<DispatchPolicy>,
     /// This runtime, for host calls that call other plugins.
     me: Weak<Runtime>,
@@ -179,6 +181,7 @@ impl Runtime {
             slots: tokio::sync::Semaphore::new(engine::CALLS_IN_FLIGHT_MAX),
             compilations: std::sync::atomic::AtomicU64::new(0),
             rates: Mutex::new(HashMap::new()),
+            public: public::PublicLimiter::default(),
             dispatch_policy: Mutex::new(options.dispatch_policy),
             me: me.clone(),
         }))
@@ -579,11 +582,14 @@ mod tests {
         assert!(!offered("keel:platform/ledger@0.3.0", &all));
         assert!(!offered("keel:platform/calls@0.1.0", &all));
         assert!(offered("keel:platform/calls@0.2.0", &all));
+        assert!(offered("keel:platform/authz@0.2.1", &all));
+        assert!(!offered("keel:platform/authz@0.2.2", &all));
         assert!(!offered("keel:platform/payroll@0.1.0", &all));
         assert!(offered("wasi:io/streams@0.2.6", &all));
         assert!(!offered("wasi:http/outgoing-handler@0.2.6", &all));
         assert_eq!(ApiVersion::serving("0.1.0"), Some(ApiVersion::V0_1));
         assert_eq!(ApiVersion::serving("0.2.0"), Some(ApiVersion::V0_2));
+        assert_eq!(ApiVersion::serving("0.2.1"), Some(ApiVersion::V0_2));
         assert_eq!(ApiVersion::serving("0.3.0"), None);
         assert!(compatible("1.2.0", "1.3.1"));
         assert!(!compatible("1.4.0", "1.3.1"));

@@ -981,14 +981,47 @@ impl Runtime {
         Ok((row, pre))
     }
 
-    /// Passes an HTTP request to a plugin acting for `user`. Its writes commit when it
-    /// answers with a status below 400. With an idempotency key, that answer is stored in the
-    /// same transaction, and a replay of the key gets it back without calling the plugin.
+    /// Passes an unauthenticated request from `client` to a plugin's public routes (its path
+    /// prefixed with `/public`), acting for no user, if the plugin holds `http:public` and the
+    /// client and plugin are within their public request rates.
+    pub async fn handle_public_http(
+        &self,
+        company: &Company,
+        name: &str,
+        client: Option<std::net::IpAddr>,
+        origin: &Origin,
+        mut request: PluginRequest,
+    ) -> Result<PluginResponse> {
+        let (row, _) = self.enabled(company, name).await?;
+        if !row.granted.contains(&Capability::HttpPublic) {
+            return Err(Error::NotFound(format!(
+                "plugin {name} takes no public requests: it has not been granted http:public"
+            )));
+        }
+        self.public.admit(company.id, name, client)?;
+        if request.body.len() > super::public::PUBLIC_BODY_BYTES_MAX {
+            return Err(Error::invalid(
+                "body",
+                format!(
+                    "a public request has at most {} bytes",
+                    super::public::PUBLIC_BODY_BYTES_MAX
+                ),
+            ));
+        }
+        request.path = format!("/public{}", request.path);
+        self.handle_http(company, name, None, origin, request, None)
+            .await
+    }
+
+    /// Passes an HTTP request to a plugin acting for `user` (none for public requests). Its
+    /// writes commit when it answers with a status below 400. With an idempotency key, that
+    /// answer is stored in the same transaction, and a replay of the key gets it back without
+    /// calling the plugin.
     pub async fn handle_http(
         &self,
         company: &Company,
         name: &str,
-        user: i64,
+        user: Option<i64>,
         origin: &Origin,
         request: PluginRequest,
         key: Option<RequestKey>,
@@ -1026,7 +1059,7 @@ impl Runtime {
             body: request.body,
         };
         let read_only = matches!(request.method.as_str(), "GET" | "HEAD");
-        let context = self.context(company, &row, Some(user), origin, read_only);
+        let context = self.context(company, &row, user, origin, read_only);
         let finished = self
             .run(
                 &pre,

@@ -114,6 +114,23 @@ pub async fn get(
     Ok(value)
 }
 
+/// Reserves a key until the transaction ends, whether or not a record exists under it, so that
+/// two writing calls reading the same key run their read-modify-write one after the other.
+/// SQLite has one writer at a time already; PostgreSQL takes a transaction-level advisory lock
+/// on a hash of the key (a rare collision only makes an unrelated call wait).
+pub async fn reserve(tx: &mut Tx, owner: Owner<'_>, collection: &str, key: &str) -> Result<()> {
+    if let Tx::Postgres(tx) = tx {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(format!(
+                "plugin_records/{}/{}/{collection}/{key}",
+                owner.company_id, owner.plugin
+            ))
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
 pub async fn delete(tx: &mut Tx, owner: Owner<'_>, collection: &str, key: &str) -> Result<bool> {
     let deleted = on_conn!(tx, conn => {
         sqlx::query(

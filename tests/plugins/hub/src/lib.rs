@@ -1,6 +1,7 @@
 //! The hub of the fabric tests: owns an indexed collection, publishes events, declares the
 //! extension points `hub.adjust` (failing implementations are skipped) and `hub.strict`
-//! (they fail the run), calls other plugins, and records the events it receives.
+//! (they fail the run), calls other plugins, and records the events it receives (the
+//! host's, and cpq's accepted quotes for the cpq tests).
 
 use keel_sdk::storage::Collection;
 use keel_sdk::{
@@ -101,6 +102,8 @@ impl Plugin for Hub {
                 "parties.party.created",
                 "parties.party.updated",
                 "parties.party.merged",
+                // So that the cpq tests see an accepted quote's event delivered.
+                "cpq.quote.accepted",
             ])
             .collection("orders", indexes)
             .operations(&["bounce"])
