@@ -525,3 +525,70 @@ async fn two_processes_share_event_delivery_on_postgres() {
         "both processes deliver: {by_first} and {by_second}"
     );
 }
+
+/// The sfa plugin installed with the CLI as `scripts/run` does, then the website's lead form
+/// posted to a real server: anonymous requests reach the plugin, and the host counts them per
+/// client address (here the loopback address the test connects from).
+async fn the_web_form_takes_leads_without_credentials_within_a_rate(database: TestDatabase) {
+    let sfa = workspace_file("target/wasm32-wasip2/plugin/sfa.wasm");
+    for args in [
+        vec!["plugin", "install", sfa.as_str()],
+        vec![
+            "plugin",
+            "grant",
+            "sfa",
+            "storage",
+            "parties:read",
+            "http:public",
+        ],
+        vec!["plugin", "enable", "sfa"],
+    ] {
+        let output = keel(&args, &database);
+        assert!(output.status.success(), "{args:?}: {}", stderr(&output));
+    }
+    let token = process::add_admin(&database);
+    let server = Server::start(&database).await;
+    let anonymous = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for i in 0..11 {
+        let reply = anonymous
+            .post(server.url("/api/v1/public/main/sfa/web-form"))
+            .json(&json!({ "last_name": format!("Visitor {i}"), "email": format!("v{i}@example.com") }))
+            .send()
+            .await
+            .expect("an answer");
+        statuses.push(reply.status().as_u16());
+    }
+    assert_eq!(
+        statuses,
+        [202, 202, 202, 202, 202, 202, 202, 202, 202, 202, 429]
+    );
+    let leads: Value = process::client(&token)
+        .get(server.url("/api/v1/plugins/sfa/leads?limit=100"))
+        .send()
+        .await
+        .expect("an answer")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(leads["items"].as_array().map(Vec::len), Some(10), "{leads}");
+    assert_eq!(leads["items"][0]["source"], "web");
+    // The rest of the API still wants credentials.
+    let refused = anonymous
+        .get(server.url("/api/v1/plugins/sfa/leads"))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(refused.status().as_u16(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_form_takes_leads_without_credentials_within_a_rate_on_sqlite() {
+    the_web_form_takes_leads_without_credentials_within_a_rate(TestDatabase::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_form_takes_leads_without_credentials_within_a_rate_on_postgres() {
+    the_web_form_takes_leads_without_credentials_within_a_rate(TestDatabase::postgres().await)
+        .await;
+}

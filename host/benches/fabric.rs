@@ -75,7 +75,14 @@ async fn call(setup: &Setup, path: &str, body: &Value) -> Value {
     };
     let response = setup
         .runtime
-        .handle_http(&setup.company, "hub", Some(0), &Origin::system(), request, None)
+        .handle_http(
+            &setup.company,
+            "hub",
+            Some(0),
+            &Origin::system(),
+            request,
+            None,
+        )
         .await
         .expect("a call");
     assert_eq!(

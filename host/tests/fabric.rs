@@ -78,6 +78,7 @@ on_both_backends! {
             ("0.1.0", "python"),
             ("0.1.0", "js"),
             ("0.2.0", "rust"),
+            ("0.2.1", "rust"),
         ] {
             let golden = workspace().join("tests/golden").join(version);
             let scenario = std::fs::read_to_string(golden.join("expenses.scenario.jsonl"))
@@ -148,6 +149,30 @@ on_both_backends! {
         let golden = gunzip(&workspace().join("tests/golden/0.1.0/expenses-rust.wasm.gz"));
         let installed = old_host.install(&company, &golden, &origin).await.expect("a 0.1.0 plugin");
         assert_eq!(installed.api_version, "0.1.0");
+    }
+
+    async fn many_records_come_in_one_call_and_a_read_for_update_needs_a_writing_call(app: TestApp) {
+        app.install_enabled(rust_plugin("hub")).await;
+        for (key, total) in [("a", 1), ("c", 3)] {
+            let put = app
+                .request(Method::PUT, &format!("/api/v1/plugins/hub/orders/{key}"), &[], Some(json!({ "total": total }).to_string().into_bytes()))
+                .await;
+            assert_eq!(put.status, 200, "{}", put.text);
+        }
+        let many = app.post("/api/v1/plugins/hub/get-many", json!({ "keys": ["c", "b", "a", "c"] })).await;
+        assert_eq!(many.status, 200, "{}", many.text);
+        assert_eq!(many.body, json!([{ "total": 3 }, null, { "total": 1 }, { "total": 3 }]));
+        let too_many: Vec<String> = (0..1_001).map(|i| format!("k{i}")).collect();
+        let refused = app.post("/api/v1/plugins/hub/get-many", json!({ "keys": too_many })).await;
+        refused.assert_problem(422, &["keys"]);
+        let empty_key = app.post("/api/v1/plugins/hub/get-many", json!({ "keys": ["a", ""] })).await;
+        empty_key.assert_problem(422, &["keys[1]"]);
+
+        let reserved = app.post("/api/v1/plugins/hub/reserved/a", json!({})).await;
+        assert_eq!(reserved.body, json!({ "total": 1 }), "{}", reserved.text);
+        let read_only = app.get("/api/v1/plugins/hub/reserved/a").await;
+        read_only.assert_problem(403, &[]);
+        assert!(read_only.text.contains("read-only"), "{}", read_only.text);
     }
 
     async fn indexed_storage_answers_equality_and_ranges_in_order_with_cursors(app: TestApp) {

@@ -205,6 +205,23 @@ on_both_backends! {
         let edit = as_user(&app, &team.rep1, Method::PATCH, "/leads/L-000001", Some(json!({ "notes": "late" }))).await;
         edit.assert_problem(409, &[]);
 
+        // Two conversions of one lead at the same moment: one converts, the other finds it
+        // converted (the lead is reserved by the first until it commits).
+        let racer = as_user(&app, &team.manager, Method::POST, "/leads", Some(json!({ "last_name": "Race", "company": "Racing Ltd" }))).await;
+        let racer = racer.body["number"].as_str().expect("a number").to_owned();
+        let convert = format!("/leads/{racer}/convert");
+        let body = json!({ "allow_duplicate": true });
+        let (one, two) = tokio::join!(
+            as_user(&app, &team.manager, Method::POST, &convert, Some(body.clone())),
+            as_user(&app, &team.manager, Method::POST, &convert, Some(body.clone())),
+        );
+        let mut statuses = [one.status.as_u16(), two.status.as_u16()];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [201, 409], "{} / {}", one.text, two.text);
+        let racing = app.get("/api/v1/parties?q=Racing&role=customer&limit=10").await;
+        assert_eq!(racing.body["parties"].as_array().map(Vec::len), Some(1), "{}", racing.text);
+        let parties_after = app.get("/api/v1/parties?limit=100").await.body["parties"].as_array().map(Vec::len);
+
         // A conversion with a bad opportunity keeps nothing: no party, the lead still open.
         let bad = as_user(&app, &team.rep2, Method::POST, "/leads/L-000002/convert", Some(json!({
             "opportunity": { "amount": "lots", "currency": "EUR", "expected_close": "2026-13-01" },

@@ -52,6 +52,23 @@ impl<T: Serialize + DeserializeOwned> Collection<T> {
             .transpose()
     }
 
+    /// The records under `keys`, in their order, in one host call (at most 1,000 keys).
+    pub fn get_many(&self, keys: &[String]) -> Result<Vec<Option<T>>, Error> {
+        host::get_many(self.name, keys)?
+            .into_iter()
+            .map(|json| json.map(|json| decode(self.name, &json)).transpose())
+            .collect()
+    }
+
+    /// The record under `key`, reserved until the call ends: a concurrent call asking for it
+    /// waits, then reads what this one wrote. For read-modify-write; reserve several keys in
+    /// one order so that two calls never wait for each other. Not in GET or HEAD calls.
+    pub fn get_for_update(&self, key: &str) -> Result<Option<T>, Error> {
+        host::get_for_update(self.name, key)?
+            .map(|json| decode(self.name, &json))
+            .transpose()
+    }
+
     /// Removes the record; true when there was one.
     pub fn delete(&self, key: &str) -> Result<bool, Error> {
         host::delete(self.name, key)
@@ -151,9 +168,9 @@ const SEQUENCES: Collection<u64> = Collection::new("sequences");
 
 /// The next number of a sequence without gaps, e.g. quote numbers: 1, then 2 … It is taken in
 /// the call's transaction, so a call that fails gives its number back, and concurrent calls
-/// take theirs one after the other (reading a key reserves it until the call ends).
+/// take theirs one after the other (the sequence is read with `get_for_update`).
 pub fn next_number(sequence: &str) -> Result<u64, Error> {
-    let next = SEQUENCES.get(sequence)?.unwrap_or(0) + 1;
+    let next = SEQUENCES.get_for_update(sequence)?.unwrap_or(0) + 1;
     SEQUENCES.put(sequence, &next)?;
     Ok(next)
 }

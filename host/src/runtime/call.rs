@@ -811,22 +811,43 @@ impl wit_storage::Host for CallState {
         collection: String,
         key: String,
     ) -> wasmtime::Result<Result<Option<String>, WitError>> {
+        self.read_record(collection, key, false).await
+    }
+
+    async fn get_many(
+        &mut self,
+        collection: String,
+        keys: Vec<String>,
+    ) -> wasmtime::Result<Result<Vec<Option<String>>, WitError>> {
         if let Err(denied) = self.enter(Capability::Storage, None)? {
             return Ok(Err(denied));
         }
-        if let Err(error) =
-            records::check_collection(&collection).and_then(|()| records::check_key("key", &key))
-        {
+        let checked = records::check_collection(&collection).and_then(|()| {
+            if keys.len() > records::GET_MANY_KEYS_MAX {
+                return Err(Error::invalid(
+                    "keys",
+                    format!("at most {} keys at once", records::GET_MANY_KEYS_MAX),
+                ));
+            }
+            keys.iter()
+                .enumerate()
+                .try_for_each(|(i, key)| records::check_key(&format!("keys[{i}]"), key))
+        });
+        if let Err(error) = checked {
             return Ok(Err(to_wit(error)));
         }
         self.read(async |tx, context| {
-            let owner = context.owner();
-            if !context.read_only {
-                records::reserve(tx, owner, &collection, &key).await?;
-            }
-            records::get(tx, owner, &collection, &key).await
+            records::get_many(tx, context.owner(), &collection, &keys).await
         })
         .await
+    }
+
+    async fn get_for_update(
+        &mut self,
+        collection: String,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<String>, WitError>> {
+        self.read_record(collection, key, true).await
     }
 
     async fn delete(
@@ -1045,6 +1066,35 @@ impl wit_authz::Host for CallState {
 }
 
 impl CallState {
+    /// `storage.get`, or with `reserve` `storage.get-for-update`, which a read-only call may
+    /// not use.
+    async fn read_record(
+        &mut self,
+        collection: String,
+        key: String,
+        reserve: bool,
+    ) -> wasmtime::Result<Result<Option<String>, WitError>> {
+        if let Err(denied) = self.enter(Capability::Storage, None)? {
+            return Ok(Err(denied));
+        }
+        if reserve && let Some(denied) = self.refused_when_read_only() {
+            return Ok(Err(denied));
+        }
+        if let Err(error) =
+            records::check_collection(&collection).and_then(|()| records::check_key("key", &key))
+        {
+            return Ok(Err(to_wit(error)));
+        }
+        self.read(async |tx, context| {
+            let owner = context.owner();
+            if reserve {
+                records::reserve(tx, owner, &collection, &key).await?;
+            }
+            records::get(tx, owner, &collection, &key).await
+        })
+        .await
+    }
+
     /// How far a permission named by the plugin ("plugins.sfa.leads:read") reaches for the
     /// acting user; `None` without a user or a well-formed name.
     fn permission_scope(&self, permission: &str) -> Option<Scope> {

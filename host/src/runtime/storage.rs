@@ -114,6 +114,42 @@ pub async fn get(
     Ok(value)
 }
 
+/// Keys one `get-many` reads at most.
+pub const GET_MANY_KEYS_MAX: usize = 1_000;
+/// Keys per statement of `get_many`, well inside both backends' parameter limits.
+const KEYS_PER_STATEMENT: usize = 200;
+
+/// The values under `keys`, in their order (`None` where there is no record).
+pub async fn get_many(
+    tx: &mut Tx,
+    owner: Owner<'_>,
+    collection: &str,
+    keys: &[String],
+) -> Result<Vec<Option<String>>> {
+    let mut found: std::collections::HashMap<String, String> =
+        std::collections::HashMap::with_capacity(keys.len());
+    for chunk in keys.chunks(KEYS_PER_STATEMENT) {
+        let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 4)).collect();
+        let sql = format!(
+            "SELECT key, value FROM plugin_records \
+             WHERE company_id = $1 AND plugin = $2 AND collection = $3 AND key IN ({})",
+            placeholders.join(", ")
+        );
+        let rows: Vec<(String, String)> = on_conn!(tx, conn => {
+            let mut query = sqlx::query_as(&sql)
+                .bind(owner.company_id)
+                .bind(owner.plugin)
+                .bind(collection);
+            for key in chunk {
+                query = query.bind(key);
+            }
+            query.fetch_all(&mut *conn).await?
+        });
+        found.extend(rows);
+    }
+    Ok(keys.iter().map(|key| found.get(key).cloned()).collect())
+}
+
 /// Reserves a key until the transaction ends, whether or not a record exists under it, so that
 /// two writing calls reading the same key run their read-modify-write one after the other.
 /// SQLite has one writer at a time already; PostgreSQL takes a transaction-level advisory lock

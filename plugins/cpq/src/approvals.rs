@@ -243,7 +243,7 @@ pub fn put_settings(request: &Request, _: &Params) -> Result<Response, Error> {
 /// quote's owner, they are not the owner, and they decided no earlier step of this version
 /// (each level is a different pair of eyes).
 fn decidable(params: &Params) -> Result<(Quote, usize), Error> {
-    let quote = quotes::load_latest(params.get("number")?)?;
+    let quote = quotes::load_latest_for_update(params.get("number")?)?;
     let today = dates::today();
     match quotes::effective_status(&quote, today) {
         Status::PendingApproval => {}

@@ -33,8 +33,9 @@ pub const BY_STATUS_VALID_UNTIL: &str = "by-status-valid-until";
 /// Published when a customer accepts a quote; the orders module turns it into an order.
 pub const ACCEPTED_TOPIC: &str = "cpq.quote.accepted";
 
-/// Most lines of one quote: a quote is read by a person, and each line costs a few host calls.
-pub const LINES_MAX: usize = 100;
+/// Most lines of one quote: large B2B quotes run to a few hundred lines, and each line costs
+/// a few host calls (at most about eight for a bundle), well inside a call's host-call limit.
+pub const LINES_MAX: usize = 500;
 pub const NOTES_CHARS_MAX: usize = 4_000;
 pub const REASON_CHARS_MAX: usize = 2_000;
 const NUMBER_SEQUENCE: &str = "quotes";
@@ -431,7 +432,56 @@ struct Lookups {
     prices: HashMap<String, Option<Price>>,
 }
 
+/// Keys one `get-many` host call takes at most.
+const KEYS_PER_READ: usize = 1_000;
+
 impl Lookups {
+    /// Reads, a few host calls in all, every product the lines name, the components their
+    /// bundles may hold, and the prices of all of them in `book`; later lookups are in memory.
+    fn preload(&mut self, requests: &[LineRequest], book: &str) -> Result<(), Error> {
+        let mut skus: Vec<String> = requests.iter().map(|r| r.sku.clone()).collect();
+        for request in requests {
+            if let Some(chosen) = &request.components {
+                skus.extend(chosen.iter().map(|c| c.sku.clone()));
+            }
+        }
+        self.read_products(skus)?;
+        let components: Vec<String> = self
+            .products
+            .values()
+            .flatten()
+            .flat_map(|product| product.components.iter().map(|c| c.sku.clone()))
+            .collect();
+        self.read_products(components)?;
+        let mut keys: Vec<String> = self
+            .products
+            .values()
+            .flatten()
+            .map(|product| pricing::price_key(book, &product.sku))
+            .filter(|key| !self.prices.contains_key(key))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for chunk in keys.chunks(KEYS_PER_READ) {
+            for (key, price) in chunk.iter().zip(PRICES.get_many(chunk)?) {
+                self.prices.insert(key.clone(), price);
+            }
+        }
+        Ok(())
+    }
+
+    fn read_products(&mut self, mut skus: Vec<String>) -> Result<(), Error> {
+        skus.retain(|sku| !self.products.contains_key(sku));
+        skus.sort_unstable();
+        skus.dedup();
+        for chunk in skus.chunks(KEYS_PER_READ) {
+            for (sku, product) in chunk.iter().zip(PRODUCTS.get_many(chunk)?) {
+                self.products.insert(sku.clone(), product);
+            }
+        }
+        Ok(())
+    }
+
     fn product(&mut self, sku: &str) -> Result<Option<Product>, Error> {
         if let Some(found) = self.products.get(sku) {
             return Ok(found.clone());
@@ -488,6 +538,7 @@ pub fn price(
     };
 
     let mut lookups = Lookups::default();
+    lookups.preload(requests, &book.code)?;
     let mut errors = FieldErrors::new();
     let mut resolved = Vec::with_capacity(requests.len());
     for (i, request) in requests.iter().enumerate() {
@@ -753,6 +804,15 @@ pub fn load_latest(number: &str) -> Result<Quote, Error> {
     QUOTES.get(number)?.ok_or_else(|| not_found(number))
 }
 
+/// The latest version, reserved until the call ends: two changes of one quote (an
+/// acceptance and a revision, two approvals) run one after the other, the second seeing the
+/// first's result.
+pub fn load_latest_for_update(number: &str) -> Result<Quote, Error> {
+    QUOTES
+        .get_for_update(number)?
+        .ok_or_else(|| not_found(number))
+}
+
 pub fn save_latest(quote: &Quote) -> Result<(), Error> {
     QUOTES.put(&quote.number, quote)
 }
@@ -772,7 +832,7 @@ pub fn load_readable(number: &str) -> Result<Quote, Error> {
 /// The latest version, if the acting user's `quotes:write` reaches its owner.
 fn load_writable(number: &str) -> Result<Quote, Error> {
     let write = reach(QUOTES_WRITE, "changing quotes")?;
-    let quote = load_latest(number)?;
+    let quote = load_latest_for_update(number)?;
     if write.covers(quote.owner) {
         return Ok(quote);
     }

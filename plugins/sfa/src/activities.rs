@@ -216,7 +216,7 @@ pub fn regarding(
 pub fn done(_request: &Request, params: &Params) -> Result<Response, Error> {
     let number = params.get("number")?;
     let reach = owned::reach(perm::ACTIVITIES_WRITE)?;
-    let mut activity = match ACTIVITIES.get(number)? {
+    let mut activity = match ACTIVITIES.get_for_update(number)? {
         Some(activity) if reach.covers(activity.owner) => activity,
         _ => return Err(not_found("activity", number)),
     };

@@ -31,7 +31,7 @@ pub fn owner_for(country: Option<&str>) -> Result<Option<i64>, Error> {
     if reps.is_empty() {
         return Ok(None);
     }
-    let turn = TURNS.get(&group)?.unwrap_or(0);
+    let turn = TURNS.get_for_update(&group)?.unwrap_or(0);
     TURNS.put(&group, &(turn + 1))?;
     let index = usize::try_from(turn % reps.len() as u64).unwrap_or(0);
     Ok(Some(reps[index]))

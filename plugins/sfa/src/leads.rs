@@ -302,10 +302,17 @@ pub fn web_form(request: &Request, _: &Params) -> Result<Response, Error> {
     Ok(Response::json(202, &received))
 }
 
-/// The lead `number` if the user's reach under `permission` covers it.
+/// The lead `number` if the user's reach under `permission` covers it; to change it (under
+/// `leads:write`), reserved until the call ends, so that two conversions of one lead run one
+/// after the other and the second finds it converted.
 pub fn load(number: &str, permission: &str) -> Result<Lead, Error> {
     let reach = owned::reach(permission)?;
-    match LEADS.get(&key(number))? {
+    let found = if permission == perm::LEADS_WRITE {
+        LEADS.get_for_update(&key(number))?
+    } else {
+        LEADS.get(&key(number))?
+    };
+    match found {
         Some(lead) if reach.covers(lead.owner) => Ok(lead),
         _ => Err(not_found("lead", number)),
     }

@@ -220,12 +220,16 @@ pub fn open_new(new: NewOpportunity, lead: Option<String>) -> Result<Opportunity
     Ok(opportunity)
 }
 
-/// Stores an opportunity and moves its weight in the pipeline totals from `before`.
+/// Stores an opportunity and moves its weight in the pipeline totals from `before`. The totals
+/// are reserved in key order, so two calls moving deals between the same totals never wait
+/// for each other.
 fn save(before: Option<&Opportunity>, after: &Opportunity) -> Result<(), Error> {
-    if let Some(before) = before {
-        pipeline::count(before, -1)?;
+    let mut changes = vec![(after, 1)];
+    changes.extend(before.map(|before| (before, -1)));
+    changes.sort_by_key(|(opportunity, _)| pipeline::key_of(opportunity));
+    for (opportunity, sign) in changes {
+        pipeline::count(opportunity, sign)?;
     }
-    pipeline::count(after, 1)?;
     OPPORTUNITIES.put(&after.number, after)
 }
 
@@ -236,10 +240,16 @@ pub fn create(request: &Request, _: &Params) -> Result<Response, Error> {
     Ok(Response::json(201, &opportunity))
 }
 
-/// The opportunity `number` if the user's reach under `permission` covers it.
+/// The opportunity `number` if the user's reach under `permission` covers it; to change it
+/// (under `opportunities:write`), reserved until the call ends.
 pub fn load(number: &str, permission: &str) -> Result<Opportunity, Error> {
     let reach = owned::reach(permission)?;
-    match OPPORTUNITIES.get(number)? {
+    let found = if permission == perm::OPPORTUNITIES_WRITE {
+        OPPORTUNITIES.get_for_update(number)?
+    } else {
+        OPPORTUNITIES.get(number)?
+    };
+    match found {
         Some(opportunity) if reach.covers(opportunity.owner) => Ok(opportunity),
         _ => Err(not_found("opportunity", number)),
     }

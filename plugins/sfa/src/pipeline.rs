@@ -67,18 +67,24 @@ fn cycle_days(opportunity: &Opportunity) -> i64 {
         .unwrap_or(0)
 }
 
-/// Adds (`sign` 1) or removes (`sign` -1) an opportunity's weight in the totals.
-pub fn count(opportunity: &Opportunity, sign: i64) -> Result<(), Error> {
-    let owner = opportunity.owner.unwrap_or(0);
+/// The key of the totals an opportunity counts in.
+pub fn key_of(opportunity: &Opportunity) -> String {
     let status = json!(opportunity.status);
-    let key = format!(
-        "{}|{owner}|{}|{}|{}",
+    format!(
+        "{}|{}|{}|{}|{}",
         period_of(opportunity),
+        opportunity.owner.unwrap_or(0),
         status.as_str().unwrap_or_default(),
         opportunity.stage,
         opportunity.currency
-    );
-    let mut totals = TOTALS.get(&key)?.unwrap_or_else(|| Totals {
+    )
+}
+
+/// Adds (`sign` 1) or removes (`sign` -1) an opportunity's weight in the totals.
+pub fn count(opportunity: &Opportunity, sign: i64) -> Result<(), Error> {
+    let owner = opportunity.owner.unwrap_or(0);
+    let key = key_of(opportunity);
+    let mut totals = TOTALS.get_for_update(&key)?.unwrap_or_else(|| Totals {
         period: period_of(opportunity),
         owner,
         status: opportunity.status,

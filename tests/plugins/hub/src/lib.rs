@@ -123,6 +123,28 @@ impl Plugin for Hub {
                 let deleted = ORDERS.delete(params.get("key")?)?;
                 Ok(Response::json(200, &json!({ "deleted": deleted })))
             })
+            // `{"keys": [...]}`: the orders under them, null where there is none.
+            .post("/get-many", |request, _params| {
+                let keys: Vec<String> = serde_json::from_value(body(request)?["keys"].clone())?;
+                reply(ORDERS.get_many(&keys).map(|found| json!(found)), 200)
+            })
+            // Reads an order for update, with GET (refused: read-only) or POST.
+            .route("GET", "/reserved/{key}", |_request, params| {
+                reply(
+                    ORDERS
+                        .get_for_update(params.get("key")?)
+                        .map(|found| json!(found)),
+                    200,
+                )
+            })
+            .post("/reserved/{key}", |_request, params| {
+                reply(
+                    ORDERS
+                        .get_for_update(params.get("key")?)
+                        .map(|found| json!(found)),
+                    200,
+                )
+            })
             .post("/find", |request, _params| {
                 let query = body(request)?;
                 let equals: Vec<Value> = query["equals"].as_array().cloned().unwrap_or_default();
