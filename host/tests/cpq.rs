@@ -7,29 +7,9 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use axum::http::Method;
-use common::{Reply, TestApp};
+use common::{Reply, TestApp, built_component, rust_plugin};
 use serde_json::{Value, json};
-
-fn component(relative: &str) -> Vec<u8> {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
-        PathBuf::from,
-    );
-    let path = target.join(relative);
-    std::fs::read(&path).unwrap_or_else(|error| {
-        panic!(
-            "{}: {error}; build the plugins first with scripts/build-plugins",
-            path.display()
-        )
-    })
-}
-
-fn rust_plugin(name: &str) -> Vec<u8> {
-    component(&format!("wasm32-wasip2/plugin/{name}.wasm"))
-}
 
 fn cpq(path: &str) -> String {
     format!("/api/v1/plugins/cpq{path}")
@@ -40,19 +20,6 @@ fn days_from_today(days: i64) -> String {
     (chrono::Utc::now().date_naive() + chrono::Duration::days(days))
         .format("%Y-%m-%d")
         .to_string()
-}
-
-/// A custom role with these permissions, and a user holding it.
-async fn user_with(app: &TestApp, username: &str, permissions: Value) -> (i64, String) {
-    let role = format!("{username}-role");
-    let created = app
-        .post(
-            "/api/v1/roles",
-            json!({ "name": role, "permissions": permissions }),
-        )
-        .await;
-    assert_eq!(created.status, 201, "{}", created.text);
-    app.user_with_role(username, &role).await
 }
 
 async fn party(app: &TestApp, name: &str, segment: Option<&str>) -> i64 {
@@ -418,7 +385,7 @@ on_both_backends! {
         assert_eq!(no_product.status, 404, "{}", no_product.text);
 
         // A rep may quote but not change the catalog.
-        let (_, rep) = user_with(&app, "rita", json!([
+        let (_, rep) = app.user_with_permissions("rita", json!([
             { "resource": "plugins.cpq", "action": "use" },
             { "resource": "plugins.cpq.quotes", "action": "*", "scope": "own" },
             { "resource": "parties", "action": "read" }
@@ -465,15 +432,15 @@ on_both_backends! {
             { "resource": "plugins.cpq.quotes", "action": "*", "scope": "own" },
             { "resource": "parties", "action": "read" }
         ]);
-        let (rita_id, rita) = user_with(&app, "rita", rep_grants.clone()).await;
-        let (otto_id, otto) = user_with(&app, "otto", rep_grants).await;
-        let (mia_id, mia) = user_with(&app, "mia", json!([
+        let (rita_id, rita) = app.user_with_permissions("rita", rep_grants.clone()).await;
+        let (otto_id, otto) = app.user_with_permissions("otto", rep_grants).await;
+        let (mia_id, mia) = app.user_with_permissions("mia", json!([
             { "resource": "plugins.cpq", "action": "use" },
             { "resource": "plugins.cpq.quotes", "action": "*", "scope": "team" },
             { "resource": "plugins.cpq.discounts", "action": "approve-manager", "scope": "team" },
             { "resource": "parties", "action": "read" }
         ])).await;
-        let (dora_id, dora) = user_with(&app, "dora", json!([
+        let (dora_id, dora) = app.user_with_permissions("dora", json!([
             { "resource": "plugins.cpq", "action": "use" },
             { "resource": "plugins.cpq.quotes", "action": "read" },
             { "resource": "plugins.cpq.discounts", "action": "approve-director" }
@@ -614,7 +581,7 @@ on_both_backends! {
     async fn a_python_hook_applies_contract_prices_and_a_failing_hook_fails_pricing(app: TestApp) {
         cpq_with_catalog(&app).await;
         let acme = party(&app, "Acme", Some("gold")).await;
-        let plugin = app.install_enabled(component("plugins-python/contract_prices.wasm")).await;
+        let plugin = app.install_enabled(built_component("plugins-python/contract_prices.wasm")).await;
         assert_eq!(plugin["api_version"], "0.2.1", "{plugin}");
         let contract = async |sku: &str, body: Value| {
             app.request(Method::PUT, &format!("/api/v1/plugins/contract-prices/contract-prices/{acme}/{sku}"),

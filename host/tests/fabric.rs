@@ -11,28 +11,13 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use axum::http::Method;
-use common::TestApp;
+use common::{TestApp, rust_plugin};
 use keel_host::runtime::{ApiVersion, DispatchPolicy, Runtime, RuntimeOptions};
 use keel_host::testing::{Step, contains};
 use serde_json::{Value, json};
 
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn rust_plugin(name: &str) -> Vec<u8> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace().join("target"), PathBuf::from);
-    let path = target.join(format!(
-        "wasm32-wasip2/plugin/{}.wasm",
-        name.replace('-', "_")
-    ));
-    std::fs::read(&path).unwrap_or_else(|error| {
-        panic!(
-            "{}: {error}; build the test plugins first with scripts/build-plugins",
-            path.display()
-        )
-    })
 }
 
 fn gunzip(path: &Path) -> Vec<u8> {

@@ -6,48 +6,14 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use axum::http::Method;
-use common::{TestApp, TestDatabase};
+use common::{TestApp, TestDatabase, built_component, rust_plugin};
 use keel_host::audit::Origin;
 use serde_json::{Value, json};
-
-/// A component built by `scripts/build-plugins`.
-fn component(relative: &str) -> Vec<u8> {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
-        PathBuf::from,
-    );
-    let path = target.join(relative);
-    std::fs::read(&path).unwrap_or_else(|error| {
-        panic!(
-            "{}: {error}; build the test plugins first with scripts/build-plugins",
-            path.display()
-        )
-    })
-}
-
-fn rust_plugin(name: &str) -> Vec<u8> {
-    component(&format!("wasm32-wasip2/plugin/{name}.wasm"))
-}
 
 async fn install(app: &TestApp, bytes: Vec<u8>) -> common::Reply {
     app.request(Method::POST, "/api/v1/plugins", &[], Some(bytes))
         .await
-}
-
-/// A custom role with these permissions, and a user holding it; returns the user's token.
-async fn user_with(app: &TestApp, username: &str, permissions: Value) -> (i64, String) {
-    let role = format!("{username}-role");
-    let created = app
-        .post(
-            "/api/v1/roles",
-            json!({ "name": role, "permissions": permissions }),
-        )
-        .await;
-    assert_eq!(created.status, 201, "{}", created.text);
-    app.user_with_role(username, &role).await
 }
 
 async fn entry_count(app: &TestApp) -> usize {
@@ -69,21 +35,21 @@ async fn expense_claims_work(app: &TestApp, bytes: Vec<u8>, api_version: &str) {
     requested.sort();
     assert_eq!(requested, ["ledger:post", "storage"]);
 
-    let (_, employee) = user_with(
-        app,
-        "erin",
-        json!([{ "resource": "plugins.expenses", "action": "use" }]),
-    )
-    .await;
-    let (approver_id, approver) = user_with(
-        app,
-        "avery",
-        json!([
-            { "resource": "plugins.expenses", "action": "*" },
-            { "resource": "ledger.entries", "action": "post" }
-        ]),
-    )
-    .await;
+    let (_, employee) = app
+        .user_with_permissions(
+            "erin",
+            json!([{ "resource": "plugins.expenses", "action": "use" }]),
+        )
+        .await;
+    let (approver_id, approver) = app
+        .user_with_permissions(
+            "avery",
+            json!([
+                { "resource": "plugins.expenses", "action": "*" },
+                { "resource": "ledger.entries", "action": "post" }
+            ]),
+        )
+        .await;
     let (_, outsider) = app.user_with_role("olive", "viewer").await;
     let claim =
         json!({ "description": "Train to the client", "amount": "42.50", "date": "2025-03-10" });
@@ -337,11 +303,11 @@ on_both_backends! {
     }
 
     async fn the_python_expense_module_works_end_to_end(app: TestApp) {
-        expense_claims_work(&app, component("plugins-python/expenses.wasm"), "0.1.0").await;
+        expense_claims_work(&app, built_component("plugins-python/expenses.wasm"), "0.1.0").await;
     }
 
     async fn the_javascript_expense_module_works_end_to_end(app: TestApp) {
-        expense_claims_work(&app, component("plugins-js/expenses.wasm"), "0.1.0").await;
+        expense_claims_work(&app, built_component("plugins-js/expenses.wasm"), "0.1.0").await;
     }
 
     async fn faults_are_contained_counted_and_the_host_keeps_serving(app: TestApp) {
@@ -388,7 +354,7 @@ on_both_backends! {
         assert!(ungranted.text.contains("has not been granted parties:read"), "{}", ungranted.text);
 
         // Granted ledger:post, acting for a user who may not post.
-        let (_, user) = user_with(&app, "uma", json!([{ "resource": "plugins.faulty", "action": "use" }])).await;
+        let (_, user) = app.user_with_permissions("uma", json!([{ "resource": "plugins.faulty", "action": "use" }])).await;
         let lacking = app.as_user(&user, Method::POST, "/api/v1/plugins/faulty/post", Some(json!({}))).await;
         assert_eq!(lacking.status, 403, "{}", lacking.text);
         assert!(lacking.text.contains("lacks the permission ledger.entries:post"), "{}", lacking.text);
@@ -503,7 +469,7 @@ on_both_backends! {
         assert_eq!(sneaky.status, 403, "{}", sneaky.text);
         assert!(sneaky.text.contains("read-only"), "{}", sneaky.text);
 
-        let v2 = component("plugins-v2/wasm32-wasip2/plugin/faulty.wasm");
+        let v2 = built_component("plugins-v2/wasm32-wasip2/plugin/faulty.wasm");
         let upgrade = |bytes: Vec<u8>| app.request(Method::PUT, "/api/v1/plugins/faulty", &[], Some(bytes));
 
         // A migration that fails leaves version 1 active and its data untouched.

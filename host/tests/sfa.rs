@@ -7,28 +7,12 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use axum::http::Method;
-use common::TestApp;
+use common::{TestApp, rust_plugin};
 use serde_json::{Value, json};
 
 const SFA: &str = "/api/v1/plugins/sfa";
 const WEB_FORM: &str = "/api/v1/public/main/sfa/web-form";
-
-fn sfa_component() -> Vec<u8> {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
-        PathBuf::from,
-    );
-    let path = target.join("wasm32-wasip2/plugin/sfa.wasm");
-    std::fs::read(&path).unwrap_or_else(|error| {
-        panic!(
-            "{}: {error}; build the plugins first with scripts/build-plugins",
-            path.display()
-        )
-    })
-}
 
 /// A sales team: a manager with two reps, and a rep of another team.
 struct Team {
@@ -39,7 +23,7 @@ struct Team {
 }
 
 async fn setup(app: &TestApp) -> Team {
-    app.install_enabled(sfa_component()).await;
+    app.install_enabled(rust_plugin("sfa")).await;
     let manager = app.user_with_role("mia", "sales-manager").await;
     let rep1 = app.user_with_role("ravi", "sales-rep").await;
     let rep2 = app.user_with_role("rosa", "sales-rep").await;

@@ -248,14 +248,7 @@ impl Request {
 
     /// The query string's parameters, percent-decoded, in order.
     pub fn query_pairs(&self) -> Vec<(String, String)> {
-        self.query
-            .split('&')
-            .filter(|pair| !pair.is_empty())
-            .map(|pair| {
-                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-                (percent_decode(name), percent_decode(value))
-            })
-            .collect()
+        form_pairs(&self.query)
     }
 
     /// The first value of query parameter `name`.
@@ -324,6 +317,18 @@ impl Response {
             body: body.to_string().into_bytes(),
         }
     }
+}
+
+/// The name-value pairs of `application/x-www-form-urlencoded` text (a query string, or the
+/// body of an HTML form post), decoded, in order.
+pub fn form_pairs(text: &str) -> Vec<(String, String)> {
+    text.split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(name), percent_decode(value))
+        })
+        .collect()
 }
 
 /// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a byte.

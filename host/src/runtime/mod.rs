@@ -107,7 +107,8 @@ pub struct Runtime {
     /// Components this runtime compiled (rather than loaded from the cache).
     compilations: std::sync::atomic::AtomicU64,
     /// Request rate of plugins whose admin set one, by company and plugin.
-    rates: Mutex<HashMap<(i64, String), RateBucket>>,
+    /// A bucket holding one second's worth of each plugin's request rate.
+    rates: Mutex<HashMap<(i64, String), public::Bucket>>,
     public: public::PublicLimiter,
     dispatch_policy: Mutex<DispatchPolicy>,
     /// This runtime, for host calls that call other plugins.
@@ -130,13 +131,6 @@ impl Default for RuntimeOptions {
             dispatch_policy: DEFAULT_POLICY,
         }
     }
-}
-
-/// A token bucket: `rate` tokens a second, holding at most one second's worth.
-#[derive(Debug)]
-struct RateBucket {
-    tokens: f64,
-    refilled: Instant,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -389,19 +383,12 @@ impl Runtime {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let bucket = rates
             .entry((company_id, plugin.to_owned()))
-            .or_insert(RateBucket {
-                tokens: capacity,
-                refilled: now,
-            });
-        let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * capacity).min(capacity);
-        bucket.refilled = now;
-        if bucket.tokens < 1.0 {
+            .or_insert_with(|| public::Bucket::full(capacity, now));
+        if !bucket.take(capacity, capacity, now) {
             return Err(Error::TooManyRequests(format!(
                 "plugin {plugin} takes at most {rate} requests per second; retry in a moment"
             )));
         }
-        bucket.tokens -= 1.0;
         Ok(())
     }
 

@@ -1,6 +1,8 @@
 //! Unauthenticated requests to plugins that hold `http:public` (a web-to-lead form, a quote's
 //! acceptance page): how many the host lets through, per client address and per plugin.
 //!
+//! Its token bucket also meters each plugin's own request rate (`Runtime::admit`).
+//!
 //! The counts live in the process: behind a load balancer with several `keel` processes each
 //! process applies the limits on its own, so a client may get up to that many times the rate.
 
@@ -21,15 +23,16 @@ pub const PUBLIC_BODY_BYTES_MAX: usize = 16 * 1024;
 /// forgotten first, so memory stays bounded under a flood of addresses.
 const CLIENTS_TRACKED_MAX: usize = 50_000;
 
-/// A token bucket holding at most `capacity` tokens, refilled at `per_second`.
+/// A token bucket holding at most `capacity` tokens, refilled at `per_second`; the callers
+/// keep capacity and rate, so a bucket is just its state.
 #[derive(Debug, Clone, Copy)]
-struct Bucket {
+pub(super) struct Bucket {
     tokens: f64,
     refilled: Instant,
 }
 
 impl Bucket {
-    fn full(capacity: f64, now: Instant) -> Self {
+    pub(super) fn full(capacity: f64, now: Instant) -> Self {
         Self {
             tokens: capacity,
             refilled: now,
@@ -37,7 +40,7 @@ impl Bucket {
     }
 
     /// Refills for the time passed, then takes a token if there is one.
-    fn take(&mut self, capacity: f64, per_second: f64, now: Instant) -> bool {
+    pub(super) fn take(&mut self, capacity: f64, per_second: f64, now: Instant) -> bool {
         let elapsed = now.duration_since(self.refilled).as_secs_f64();
         self.tokens = (self.tokens + elapsed * per_second).min(capacity);
         self.refilled = now;

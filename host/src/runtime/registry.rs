@@ -992,8 +992,8 @@ impl Runtime {
         origin: &Origin,
         mut request: PluginRequest,
     ) -> Result<PluginResponse> {
-        let (row, _) = self.enabled(company, name).await?;
-        if !row.granted.contains(&Capability::HttpPublic) {
+        let enabled = self.enabled(company, name).await?;
+        if !enabled.0.granted.contains(&Capability::HttpPublic) {
             return Err(Error::NotFound(format!(
                 "plugin {name} takes no public requests: it has not been granted http:public"
             )));
@@ -1009,7 +1009,7 @@ impl Runtime {
             ));
         }
         request.path = format!("/public{}", request.path);
-        self.handle_http(company, name, None, origin, request, None)
+        self.serve_http(company, enabled, None, origin, request, None)
             .await
     }
 
@@ -1026,7 +1026,22 @@ impl Runtime {
         request: PluginRequest,
         key: Option<RequestKey>,
     ) -> Result<PluginResponse> {
-        let (row, pre) = self.enabled(company, name).await?;
+        let enabled = self.enabled(company, name).await?;
+        self.serve_http(company, enabled, user, origin, request, key)
+            .await
+    }
+
+    /// [`Runtime::handle_http`] for a plugin already found enabled.
+    async fn serve_http(
+        &self,
+        company: &Company,
+        (row, pre): (PluginRow, PluginPre),
+        user: Option<i64>,
+        origin: &Origin,
+        request: PluginRequest,
+        key: Option<RequestKey>,
+    ) -> Result<PluginResponse> {
+        let name = row.name.as_str();
         self.admit(company.id, name, row.limits.apply().requests_per_second)?;
         let mut tx = None;
         if let Some(key) = &key {

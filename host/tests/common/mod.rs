@@ -221,6 +221,20 @@ impl TestApp {
         }
     }
 
+    /// A custom role `<username>-role` with these permissions, and a user holding it; returns
+    /// the user's id and API token.
+    pub async fn user_with_permissions(&self, username: &str, permissions: Value) -> (i64, String) {
+        let role = format!("{username}-role");
+        let created = self
+            .post(
+                "/api/v1/roles",
+                json!({ "name": role, "permissions": permissions }),
+            )
+            .await;
+        assert_eq!(created.status, 201, "{}", created.text);
+        self.user_with_role(username, &role).await
+    }
+
     /// A new user holding `role` in the default company; returns the user's id and API token.
     pub async fn user_with_role(&self, username: &str, role: &str) -> (i64, String) {
         create_user(&self.state, username, role).await
@@ -487,4 +501,27 @@ async fn open_state(database: &TestDatabase, compiled_plugins: &std::path::Path)
     AppState::new(db, companies, compiled_plugins)
         .await
         .expect("the application state")
+}
+
+/// A component `scripts/build-plugins` built, by its path below the target folder.
+pub fn built_component(relative: &str) -> Vec<u8> {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        std::path::PathBuf::from,
+    );
+    let path = target.join(relative);
+    std::fs::read(&path).unwrap_or_else(|error| {
+        panic!(
+            "{}: {error}; build the plugins first with scripts/build-plugins",
+            path.display()
+        )
+    })
+}
+
+/// A Rust plugin `scripts/build-plugins` built, by its crate name (`spoke-1`, `sfa`).
+pub fn rust_plugin(name: &str) -> Vec<u8> {
+    built_component(&format!(
+        "wasm32-wasip2/plugin/{}.wasm",
+        name.replace('-', "_")
+    ))
 }

@@ -83,22 +83,13 @@ pub fn create(request: &Request, _: &Params) -> Result<Response, Error> {
     {
         errors.add("notes", format!("has at most {NOTES_CHARS_MAX} characters"));
     }
-    let date = match &new.date {
-        Some(text) => dates::parse("date", text)
-            .map(dates::format)
-            .or_else(|e| errors.absorb(e).map(|()| String::new()))?,
-        None => dates::format(dates::today()),
-    };
+    let date = crate::date_or_today(&mut errors, "date", new.date.as_deref());
     let due = match &new.due {
         Some(_) if new.kind != Kind::Task => {
             errors.add("due", "only tasks have a due date");
             None
         }
-        Some(text) => Some(
-            dates::parse("due", text)
-                .map(dates::format)
-                .or_else(|e| errors.absorb(e).map(|()| String::new()))?,
-        ),
+        Some(text) => Some(crate::check_date(&mut errors, "due", text)),
         None => None,
     };
     check_regarding(&mut errors, &new.regarding)?;

@@ -252,16 +252,7 @@ pub fn web_form(request: &Request, _: &Params) -> Result<Response, Error> {
         .header("content-type")
         .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
     let mut fields: serde_json::Map<String, Value> = if form_encoded {
-        let body = String::from_utf8_lossy(&request.body).into_owned();
-        let as_query = Request {
-            method: String::new(),
-            path: String::new(),
-            query: body,
-            headers: Vec::new(),
-            body: Vec::new(),
-        };
-        as_query
-            .query_pairs()
+        keel_sdk::form_pairs(&String::from_utf8_lossy(&request.body))
             .into_iter()
             .map(|(name, value)| (name, Value::String(value)))
             .collect()

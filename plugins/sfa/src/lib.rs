@@ -155,3 +155,24 @@ fn nest(error: Error, prefix: &str) -> Error {
         other => other,
     }
 }
+
+/// The date as `YYYY-MM-DD`, or an error about `field` added to `errors` (and an empty
+/// string, which the caller never stores: `errors` fails the request).
+fn check_date(errors: &mut keel_sdk::FieldErrors, field: &str, text: &str) -> String {
+    match keel_sdk::dates::parse(field, text) {
+        Ok(date) => keel_sdk::dates::format(date),
+        Err(error) => {
+            // `dates::parse` fails only with `invalid` naming `field`.
+            let _ = errors.absorb(error);
+            String::new()
+        }
+    }
+}
+
+/// A date given for history brought over from another system, or today.
+fn date_or_today(errors: &mut keel_sdk::FieldErrors, field: &str, text: Option<&str>) -> String {
+    match text {
+        Some(text) => check_date(errors, field, text),
+        None => keel_sdk::dates::format(keel_sdk::dates::today()),
+    }
+}

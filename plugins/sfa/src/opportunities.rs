@@ -5,7 +5,7 @@
 use keel_sdk::money;
 use keel_sdk::router::Params;
 use keel_sdk::storage::{self, Collection};
-use keel_sdk::{Error, FieldErrors, Request, Response, dates, parties};
+use keel_sdk::{Error, FieldErrors, Request, Response, parties};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -115,16 +115,6 @@ fn check_currency(errors: &mut FieldErrors, currency: &str) -> String {
     currency
 }
 
-fn check_date(errors: &mut FieldErrors, field: &str, text: &str) -> String {
-    match dates::parse(field, text) {
-        Ok(date) => dates::format(date),
-        Err(error) => {
-            let _ = errors.absorb(error);
-            String::new()
-        }
-    }
-}
-
 fn check_products(errors: &mut FieldErrors, products: &[String]) {
     if products.len() > PRODUCTS_MAX {
         errors.add("products", format!("at most {PRODUCTS_MAX} products"));
@@ -158,11 +148,8 @@ pub fn open_new(new: NewOpportunity, lead: Option<String>) -> Result<Opportunity
     check_name(&mut errors, &new.name);
     let amount = check_amount(&mut errors, &new.amount);
     let currency = check_currency(&mut errors, &new.currency);
-    let expected_close = check_date(&mut errors, "expected_close", &new.expected_close);
-    let opened_on = match &new.opened_on {
-        Some(date) => check_date(&mut errors, "opened_on", date),
-        None => dates::format(dates::today()),
-    };
+    let expected_close = crate::check_date(&mut errors, "expected_close", &new.expected_close);
+    let opened_on = crate::date_or_today(&mut errors, "opened_on", new.opened_on.as_deref());
     check_products(&mut errors, &new.products);
     check_party(&mut errors, "party", new.party)?;
     if let Some(contact) = new.contact {
@@ -340,10 +327,7 @@ pub fn update(request: &Request, params: &Params) -> Result<Response, Error> {
     let stages = settings::stages()?;
     let mut after = before.clone();
     let mut errors = FieldErrors::new();
-    let on = match &changes.on {
-        Some(date) => check_date(&mut errors, "on", date),
-        None => dates::format(dates::today()),
-    };
+    let on = crate::date_or_today(&mut errors, "on", changes.on.as_deref());
     if let Some(name) = changes.name {
         check_name(&mut errors, &name);
         after.name = name.trim().to_owned();
@@ -359,7 +343,7 @@ pub fn update(request: &Request, params: &Params) -> Result<Response, Error> {
         after.currency = check_currency(&mut errors, currency);
     }
     if let Some(date) = &changes.expected_close {
-        after.expected_close = check_date(&mut errors, "expected_close", date);
+        after.expected_close = crate::check_date(&mut errors, "expected_close", date);
     }
     if let Some(products) = changes.products {
         check_products(&mut errors, &products);
@@ -449,10 +433,7 @@ fn closed(before: &Opportunity, closing: Closing, kind: StageKind) -> Result<Opp
     let stage = settings::stage_of_kind(&settings::stages()?, kind)?;
     let mut after = before.clone();
     let mut errors = FieldErrors::new();
-    let on = match &closing.on {
-        Some(date) => check_date(&mut errors, "on", date),
-        None => dates::format(dates::today()),
-    };
+    let on = crate::date_or_today(&mut errors, "on", closing.on.as_deref());
     if !on.is_empty() && on < before.opened_on {
         errors.add(
             "on",
