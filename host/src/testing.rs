@@ -83,10 +83,21 @@ impl PluginHost {
         uri: &str,
         body: Option<&Value>,
     ) -> anyhow::Result<(u16, Value)> {
+        self.request_as(&self.token, method, uri, body).await
+    }
+
+    /// A request to any route of the host with another user's API token.
+    pub async fn request_as(
+        &self,
+        token: &str,
+        method: &str,
+        uri: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(u16, Value)> {
         let request = Request::builder()
             .method(method)
             .uri(uri)
-            .header("authorization", format!("Bearer {}", self.token))
+            .header("authorization", format!("Bearer {token}"))
             .header("content-type", "application/json")
             .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
             .context("building the request")?;

@@ -64,6 +64,7 @@ on_both_backends! {
             ("0.1.0", "js"),
             ("0.2.0", "rust"),
             ("0.2.1", "rust"),
+            ("0.2.2", "rust"),
         ] {
             let golden = workspace().join("tests/golden").join(version);
             let scenario = std::fs::read_to_string(golden.join("expenses.scenario.jsonl"))
@@ -107,9 +108,9 @@ on_both_backends! {
         committed.sort();
         ran.sort();
         assert_eq!(committed, ran, "a golden component is committed but not run");
-        // A 0.2.1 plugin runs beside them.
+        // A 0.2.2 plugin runs beside them.
         let hub = app.install_enabled(rust_plugin("hub")).await;
-        assert_eq!(hub["api_version"], "0.2.1", "{hub}");
+        assert_eq!(hub["api_version"], "0.2.2", "{hub}");
     }
 
     async fn a_host_serving_only_0_1_0_refuses_a_0_2_plugin_clearly(app: TestApp) {
@@ -126,9 +127,9 @@ on_both_backends! {
         let refused = old_host
             .install(&company, &rust_plugin("hub"), &origin)
             .await
-            .expect_err("a 0.2.1 plugin on a 0.1.0 host");
+            .expect_err("a 0.2.2 plugin on a 0.1.0 host");
         let message = refused.to_string();
-        assert!(message.contains("keel:platform@0.2.1"), "{message}");
+        assert!(message.contains("keel:platform@0.2.2"), "{message}");
         assert!(message.contains("serves 0.1.0"), "{message}");
         // The same host still takes a 0.1.0 plugin.
         let golden = gunzip(&workspace().join("tests/golden/0.1.0/expenses-rust.wasm.gz"));

@@ -299,7 +299,7 @@ async fn expense_claims_work(app: &TestApp, bytes: Vec<u8>, api_version: &str) {
 
 on_both_backends! {
     async fn the_rust_expense_module_works_end_to_end(app: TestApp) {
-        expense_claims_work(&app, rust_plugin("expenses_rust"), "0.2.1").await;
+        expense_claims_work(&app, rust_plugin("expenses_rust"), "0.2.2").await;
     }
 
     async fn the_python_expense_module_works_end_to_end(app: TestApp) {

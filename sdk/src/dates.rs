@@ -1,7 +1,7 @@
 //! Calendar dates as plugins exchange them: ISO 8601 strings ("2026-03-31") on the wire,
 //! [`NaiveDate`] inside. The clock is the host's (WASI wall clock), in UTC.
 
-pub use chrono::{Datelike, NaiveDate};
+pub use chrono::{Datelike, Days, NaiveDate};
 
 use crate::Error;
 

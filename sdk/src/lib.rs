@@ -1,6 +1,6 @@
 //! Write Keel plugins in Rust.
 //!
-//! A plugin is a WebAssembly component for the world `keel:platform/plugin@0.2.1`. This crate
+//! A plugin is a WebAssembly component for the world `keel:platform/plugin@0.2.2`. This crate
 //! generates the bindings and puts a small API in front of them: typed [`storage`] with serde,
 //! [`money`] conversions to `rust_decimal`, an HTTP [`Router`], the [`Error`] every host call
 //! and export returns, and the [`export!`] macro.
@@ -45,7 +45,7 @@ pub mod storage;
 pub mod bindings {
     wit_bindgen::generate!({
         world: "plugin",
-        path: "../wit/keel-platform-0.2.1",
+        path: "../wit/keel-platform-0.2.2",
         pub_export_macro: true,
         export_macro_name: "export_bindings",
         default_bindings_module: "keel_sdk::bindings",

@@ -170,7 +170,17 @@ const SEQUENCES: Collection<u64> = Collection::new("sequences");
 /// the call's transaction, so a call that fails gives its number back, and concurrent calls
 /// take theirs one after the other (the sequence is read with `get_for_update`).
 pub fn next_number(sequence: &str) -> Result<u64, Error> {
-    let next = SEQUENCES.get_for_update(sequence)?.unwrap_or(0) + 1;
-    SEQUENCES.put(sequence, &next)?;
-    Ok(next)
+    Ok(*next_numbers(sequence, 1)?.start())
+}
+
+/// The next `count` numbers of a sequence at once (at least one), e.g. for a batch of
+/// documents: one read and one write of the sequence instead of one per document. The same
+/// guarantees as [`next_number`]; numbers the call does not use are gaps, so take only as
+/// many as it will use.
+pub fn next_numbers(sequence: &str, count: u64) -> Result<std::ops::RangeInclusive<u64>, Error> {
+    let count = count.max(1);
+    let first = SEQUENCES.get_for_update(sequence)?.unwrap_or(0) + 1;
+    let last = first + count - 1;
+    SEQUENCES.put(sequence, &last)?;
+    Ok(first..=last)
 }

@@ -191,8 +191,21 @@ const BUILT_IN_ROLES: &[BuiltInRole] = &[
     },
     BuiltInRole {
         name: "accountant",
-        description: "Keeps the books: accounts, entries, periods and reports",
-        grants: &[("ledger.*", "*", Scope::All), ("parties", "*", Scope::All)],
+        description: "Keeps the books: accounts, entries, periods and reports; invoices, bills \
+                      and payments; releases orders held for credit",
+        grants: &[
+            ("ledger.*", "*", Scope::All),
+            ("parties", "*", Scope::All),
+            ("plugins.invoicing", "use", Scope::All),
+            ("plugins.invoicing.invoices", "*", Scope::All),
+            ("plugins.invoicing.payments", "*", Scope::All),
+            ("plugins.invoicing.bills", "*", Scope::All),
+            ("plugins.invoicing.dunning", "*", Scope::All),
+            ("plugins.invoicing.settings", "*", Scope::All),
+            ("plugins.orders", "use", Scope::All),
+            ("plugins.orders.orders", "read", Scope::All),
+            ("plugins.orders.credit", "release", Scope::All),
+        ],
     },
     BuiltInRole {
         name: "auditor",
@@ -213,6 +226,10 @@ const BUILT_IN_ROLES: &[BuiltInRole] = &[
             ("plugins.cpq", "use", Scope::All),
             ("plugins.cpq.catalog", "read", Scope::All),
             ("plugins.cpq.quotes", "*", Scope::Own),
+            ("plugins.orders", "use", Scope::All),
+            ("plugins.orders.orders", "*", Scope::All),
+            // Order history and credit status in the customer 360 view (through sfa).
+            ("plugins.invoicing.invoices", "read", Scope::All),
         ],
     },
     BuiltInRole {
@@ -232,6 +249,9 @@ const BUILT_IN_ROLES: &[BuiltInRole] = &[
             ("plugins.cpq.catalog", "read", Scope::All),
             ("plugins.cpq.quotes", "*", Scope::Team),
             ("plugins.cpq.discounts", "approve-manager", Scope::Team),
+            ("plugins.orders", "use", Scope::All),
+            ("plugins.orders.orders", "*", Scope::All),
+            ("plugins.invoicing.invoices", "read", Scope::All),
         ],
     },
     BuiltInRole {

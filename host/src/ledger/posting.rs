@@ -377,6 +377,19 @@ pub async fn post_jobs(
     jobs: &[Job<'_>],
     posted_at: DateTime<Utc>,
 ) -> anyhow::Result<Vec<Result<Vec<Posted>>>> {
+    let (results, records) = post_jobs_audit_later(tx, company, jobs, posted_at).await?;
+    audit::append_many(tx, &records).await?;
+    Ok(results)
+}
+
+/// Like [`post_jobs`], leaving the audit records of the posted entries to the caller, who
+/// appends them in the same transaction (a plugin call appends all of its records at its end).
+pub async fn post_jobs_audit_later<'a>(
+    tx: &mut Tx,
+    company: &Company,
+    jobs: &[Job<'a>],
+    posted_at: DateTime<Utc>,
+) -> anyhow::Result<(Vec<Result<Vec<Posted>>>, Vec<(&'a Origin, Event)>)> {
     let lookups = load_lookups(tx, company, jobs).await?;
     let mut claimed_keys = HashMap::new();
     let mut new_drafts: Vec<&EntryDraft> = Vec::new();
@@ -412,10 +425,11 @@ pub async fn post_jobs(
     .await?;
     if let Err(message) = balance_result {
         // Only sums beyond i64 get here: refuse every job rather than store a wrong balance.
-        return Ok(jobs
+        let refused = jobs
             .iter()
             .map(|_| Err(Error::invalid("lines", message.clone())))
-            .collect());
+            .collect();
+        return Ok((refused, Vec::new()));
     }
     let events: Vec<(&Origin, Event)> = new_drafts
         .iter()
@@ -423,7 +437,6 @@ pub async fn post_jobs(
         .zip(&new_origins)
         .map(|((draft, id), origin)| (*origin, audit_event(company, *id, draft)))
         .collect();
-    audit::append_many(tx, &events).await?;
     publish_posted(tx, company, &new_drafts, &ids).await?;
 
     // Whole views only for single-entry jobs: a batch answers with ids, and building views for
@@ -449,7 +462,7 @@ pub async fn post_jobs(
             .map(|stored| (stored.id, stored.view(company)))
             .collect()
     };
-    Ok(jobs
+    let results = jobs
         .iter()
         .zip(plans)
         .map(|(job, plans)| {
@@ -484,7 +497,8 @@ pub async fn post_jobs(
                     .collect()
             })
         })
-        .collect())
+        .collect();
+    Ok((results, events))
 }
 
 /// Publishes `ledger.entry.posted` for each new entry, when a plugin listens (one check for

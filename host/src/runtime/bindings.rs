@@ -22,7 +22,7 @@ pub mod v0_1 {
 pub mod v0_2 {
     wasmtime::component::bindgen!({
         world: "plugin",
-        path: "../wit/keel-platform-0.2.1",
+        path: "../wit/keel-platform-0.2.2",
         imports: { default: async | trappable },
         exports: { default: async },
     });
@@ -47,7 +47,7 @@ impl ApiVersion {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::V0_1 => "0.1.0",
-            Self::V0_2 => "0.2.1",
+            Self::V0_2 => "0.2.2",
         }
     }
 

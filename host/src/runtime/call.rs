@@ -455,6 +455,47 @@ fn parse_date(field: &str, text: Option<&str>) -> Result<Option<chrono::NaiveDat
     .transpose()
 }
 
+/// Entries one `ledger.post-many` takes at most.
+const POST_MANY_ENTRIES_MAX: usize = 1_000;
+
+/// A plugin's entry as the ledger takes it: the plugin is the source module of its document,
+/// and its idempotency keys live apart from every other plugin's.
+fn entry_input(
+    plugin: &str,
+    entry: wit_ledger::Entry,
+    idempotency_key: Option<String>,
+) -> EntryInput {
+    EntryInput {
+        date: entry.date,
+        memo: entry.memo,
+        source: entry.document.map(|document| SourceRef {
+            module: plugin.to_owned(),
+            document,
+        }),
+        lines: entry
+            .lines
+            .into_iter()
+            .map(|line| LineInput {
+                account: line.account,
+                debit: line.debit,
+                credit: line.credit,
+                currency: line.currency,
+                rate: line.rate,
+                party: line.party,
+                memo: line.memo,
+                dimensions: (!line.dimensions.is_empty()).then(|| {
+                    line.dimensions
+                        .into_iter()
+                        .map(|d| (d.name, d.value))
+                        .collect::<BTreeMap<_, _>>()
+                }),
+            })
+            .collect(),
+        // Keys are the plugin's own: two plugins never collide on one.
+        idempotency_key: idempotency_key.map(|key| format!("plugin:{plugin}:{key}")),
+    }
+}
+
 impl types::Host for CallState {}
 impl super::bindings::latest::keel::platform::http::Host for CallState {}
 impl super::bindings::latest::keel::platform::plugin_meta::Host for CallState {}
@@ -468,50 +509,89 @@ impl wit_ledger::Host for CallState {
         if let Err(denied) = self.enter(Capability::LedgerPost, Some(perm::LEDGER_ENTRIES_POST))? {
             return Ok(Err(denied));
         }
-        let plugin = self.context.plugin.clone();
-        let input = EntryInput {
-            date: entry.date,
-            memo: entry.memo,
-            source: entry.document.map(|document| SourceRef {
-                module: plugin.clone(),
-                document,
-            }),
-            lines: entry
-                .lines
-                .into_iter()
-                .map(|line| LineInput {
-                    account: line.account,
-                    debit: line.debit,
-                    credit: line.credit,
-                    currency: line.currency,
-                    rate: line.rate,
-                    party: line.party,
-                    memo: line.memo,
-                    dimensions: (!line.dimensions.is_empty()).then(|| {
-                        line.dimensions
-                            .into_iter()
-                            .map(|d| (d.name, d.value))
-                            .collect::<BTreeMap<_, _>>()
-                    }),
-                })
-                .collect(),
-            // Keys are the plugin's own: two plugins never collide on one.
-            idempotency_key: idempotency_key.map(|key| format!("plugin:{plugin}:{key}")),
-        };
-        self.write(async |tx, context| {
-            let draft = EntryDraft::parse(&input, context.company.base_currency)?;
-            let drafts = [draft];
-            let job = posting::Job {
-                entries: &drafts,
-                batch: false,
-                origin: &context.origin,
-            };
-            let mut results =
-                posting::post_jobs(tx, &context.company, &[job], posting::now_micros()).await?;
-            let posted = results.pop().expect("one result per job")?;
-            Ok(posted[0].id)
-        })
-        .await
+        let input = entry_input(&self.context.plugin, entry, idempotency_key);
+        let posted = self
+            .write(async |tx, context| {
+                let draft = EntryDraft::parse(&input, context.company.base_currency)?;
+                let drafts = [draft];
+                let job = posting::Job {
+                    entries: &drafts,
+                    batch: false,
+                    origin: &context.origin,
+                };
+                let (mut results, records) = posting::post_jobs_audit_later(
+                    tx,
+                    &context.company,
+                    &[job],
+                    posting::now_micros(),
+                )
+                .await?;
+                let posted = results.pop().expect("one result per job")?;
+                let audit = records.into_iter().map(|(_, event)| event).collect();
+                Ok((posted[0].id, audit))
+            })
+            .await;
+        // The entry's audit record goes with the call's others, appended when the call ends.
+        Ok(posted?.map(|(id, audit): (i64, Vec<Event>)| {
+            self.pending_audit.extend(audit);
+            id
+        }))
+    }
+
+    async fn base_currency(&mut self) -> wasmtime::Result<Result<String, WitError>> {
+        if let Err(denied) = self.enter(Capability::LedgerRead, None)? {
+            return Ok(Err(denied));
+        }
+        Ok(Ok(self.context.company.base_currency.code.to_owned()))
+    }
+
+    async fn post_many(
+        &mut self,
+        entries: Vec<wit_ledger::Entry>,
+    ) -> wasmtime::Result<Result<Vec<i64>, WitError>> {
+        if let Err(denied) = self.enter(Capability::LedgerPost, Some(perm::LEDGER_ENTRIES_POST))? {
+            return Ok(Err(denied));
+        }
+        if entries.is_empty() || entries.len() > POST_MANY_ENTRIES_MAX {
+            return Ok(Err(to_wit(Error::invalid(
+                "entries",
+                format!("has 1 to {POST_MANY_ENTRIES_MAX} entries"),
+            ))));
+        }
+        let inputs: Vec<EntryInput> = entries
+            .into_iter()
+            .map(|entry| entry_input(&self.context.plugin, entry, None))
+            .collect();
+        let posted = self
+            .write(async |tx, context| {
+                let mut drafts = Vec::with_capacity(inputs.len());
+                for (index, input) in inputs.iter().enumerate() {
+                    let draft = EntryDraft::parse(input, context.company.base_currency)
+                        .map_err(|e| e.within(&format!("entries[{index}]")))?;
+                    drafts.push(draft);
+                }
+                let job = posting::Job {
+                    entries: &drafts,
+                    batch: true,
+                    origin: &context.origin,
+                };
+                let (mut results, records) = posting::post_jobs_audit_later(
+                    tx,
+                    &context.company,
+                    &[job],
+                    posting::now_micros(),
+                )
+                .await?;
+                let posted = results.pop().expect("one result per job")?;
+                let ids = posted.iter().map(|p| p.id).collect();
+                let audit = records.into_iter().map(|(_, event)| event).collect();
+                Ok((ids, audit))
+            })
+            .await;
+        Ok(posted?.map(|(ids, audit): (Vec<i64>, Vec<Event>)| {
+            self.pending_audit.extend(audit);
+            ids
+        }))
     }
 
     async fn reverse(

@@ -158,35 +158,40 @@ pub async fn reindex_record(
     }
     delete_entries(tx, owner, collection, Entries::OfRecord(key)).await?;
     if let Some(record) = record {
-        for index in indexes {
-            insert_entry(tx, owner, collection, index, record, key).await?;
-        }
+        insert_entries(tx, owner, collection, indexes, record, key).await?;
     }
     Ok(())
 }
 
-async fn insert_entry(
+/// Inserts the record's entry of each index in one statement: a write to a collection with
+/// several indexes costs two statements (delete, insert), not one per index.
+async fn insert_entries(
     tx: &mut Tx,
     owner: Owner<'_>,
     collection: &str,
-    index: &Index,
+    indexes: &[Index],
     record: &Value,
     key: &str,
 ) -> Result<()> {
+    // $1..$4 are shared; each index adds its name and key.
+    let rows: Vec<String> = (0..indexes.len())
+        .map(|i| format!("($1, $2, $3, ${}, ${}, $4)", 5 + 2 * i, 6 + 2 * i))
+        .collect();
+    let sql = format!(
+        "INSERT INTO plugin_index_entries \
+         (company_id, plugin, collection, name, index_key, record_key) VALUES {}",
+        rows.join(", ")
+    );
     on_conn!(tx, conn => {
-        sqlx::query(
-            "INSERT INTO plugin_index_entries \
-             (company_id, plugin, collection, name, index_key, record_key) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(owner.company_id)
-        .bind(owner.plugin)
-        .bind(collection)
-        .bind(&index.name)
-        .bind(key_of(index, record))
-        .bind(key)
-        .execute(&mut *conn)
-        .await?;
+        let mut query = sqlx::query(&sql)
+            .bind(owner.company_id)
+            .bind(owner.plugin)
+            .bind(collection)
+            .bind(key);
+        for index in indexes {
+            query = query.bind(&index.name).bind(key_of(index, record));
+        }
+        query.execute(&mut *conn).await?;
     });
     Ok(())
 }
@@ -372,7 +377,15 @@ async fn build(
         after = last.clone();
         for (key, value) in &rows {
             let record: Value = serde_json::from_str(value).unwrap_or(Value::Null);
-            insert_entry(tx, owner, collection, index, &record, key).await?;
+            insert_entries(
+                tx,
+                owner,
+                collection,
+                std::slice::from_ref(index),
+                &record,
+                key,
+            )
+            .await?;
         }
     }
     on_conn!(tx, conn => {

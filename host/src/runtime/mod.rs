@@ -570,13 +570,15 @@ mod tests {
         assert!(!offered("keel:platform/calls@0.1.0", &all));
         assert!(offered("keel:platform/calls@0.2.0", &all));
         assert!(offered("keel:platform/authz@0.2.1", &all));
-        assert!(!offered("keel:platform/authz@0.2.2", &all));
+        assert!(offered("keel:platform/authz@0.2.2", &all));
+        assert!(!offered("keel:platform/authz@0.2.3", &all));
         assert!(!offered("keel:platform/payroll@0.1.0", &all));
         assert!(offered("wasi:io/streams@0.2.6", &all));
         assert!(!offered("wasi:http/outgoing-handler@0.2.6", &all));
         assert_eq!(ApiVersion::serving("0.1.0"), Some(ApiVersion::V0_1));
         assert_eq!(ApiVersion::serving("0.2.0"), Some(ApiVersion::V0_2));
         assert_eq!(ApiVersion::serving("0.2.1"), Some(ApiVersion::V0_2));
+        assert_eq!(ApiVersion::serving("0.2.2"), Some(ApiVersion::V0_2));
         assert_eq!(ApiVersion::serving("0.3.0"), None);
         assert!(compatible("1.2.0", "1.3.1"));
         assert!(!compatible("1.4.0", "1.3.1"));
