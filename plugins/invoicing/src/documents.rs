@@ -647,10 +647,16 @@ pub fn publish(topic: &str, document: &Document) -> Result<(), Error> {
     Ok(())
 }
 
-/// Stores a new document under the next id, issuing it unless it stays a draft.
-fn save_new(mut document: Document, ctx: &mut Context, draft: bool) -> Result<Document, Error> {
+/// Gives a new document its id.
+fn identify(document: &mut Document, ctx: &mut Context) -> Result<(), Error> {
     document.id = ctx.number(DOCUMENT_IDS)?.to_string();
     document.record("created", None);
+    Ok(())
+}
+
+/// Stores a new document under the next id, issuing it unless it stays a draft.
+fn save_new(mut document: Document, ctx: &mut Context, draft: bool) -> Result<Document, Error> {
+    identify(&mut document, ctx)?;
     if !draft {
         issue(&mut document, ctx)?;
     }
@@ -658,7 +664,7 @@ fn save_new(mut document: Document, ctx: &mut Context, draft: bool) -> Result<Do
     Ok(document)
 }
 
-/// Checks and computes a new document and gives it an id; not yet issued nor stored.
+/// Checks and computes a new document; not yet identified, issued nor stored.
 fn prepare(kind: Kind, request: DocumentRequest, ctx: &mut Context) -> Result<Document, Error> {
     let mut errors = FieldErrors::new();
     let header = Header {
@@ -675,21 +681,13 @@ fn prepare(kind: Kind, request: DocumentRequest, ctx: &mut Context) -> Result<Do
     };
     let built = build(ctx, header, drafts_of(request.lines), &mut errors)?;
     errors.finish()?;
-    let mut document =
-        built.ok_or_else(|| Error::Internal("a document was not built".to_owned()))?;
-    document.id = ctx.number(DOCUMENT_IDS)?.to_string();
-    document.record("created", None);
-    Ok(document)
+    built.ok_or_else(|| Error::Internal("a document was not built".to_owned()))
 }
 
 fn create(kind: Kind, request: DocumentRequest, ctx: &mut Context) -> Result<Document, Error> {
     let draft = request.draft;
-    let mut document = prepare(kind, request, ctx)?;
-    if !draft {
-        issue(&mut document, ctx)?;
-    }
-    DOCUMENTS.put(&document.id, &document)?;
-    Ok(document)
+    let document = prepare(kind, request, ctx)?;
+    save_new(document, ctx, draft)
 }
 
 /// `POST /invoices`.
@@ -728,6 +726,7 @@ pub fn create_invoices(request: &Request, _params: &Params) -> Result<Response, 
         let draft = invoice.draft;
         let mut document = prepare(Kind::Invoice, invoice, &mut ctx)
             .map_err(|e| nest(e, &format!("invoices[{i}]")))?;
+        identify(&mut document, &mut ctx)?;
         if !draft {
             number(&mut document, &mut ctx)?;
         }
@@ -1279,8 +1278,7 @@ pub fn credit_invoice(request: &Request, params: &Params) -> Result<Response, Er
     for &(index, quantity) in &wanted {
         invoice.lines[index].credited += quantity;
     }
-    note.id = ctx.number(DOCUMENT_IDS)?.to_string();
-    note.record("created", None);
+    identify(&mut note, &mut ctx)?;
     issue(&mut note, &mut ctx)?;
     let applied = note.open.min(invoice.open);
     if applied > Decimal::ZERO {
@@ -1401,8 +1399,7 @@ pub fn credit_note_for_return(input: &str) -> Result<Value, Error> {
     errors.finish()?;
     let mut note =
         built.ok_or_else(|| Error::Internal("a credit note was not built".to_owned()))?;
-    note.id = ctx.number(DOCUMENT_IDS)?.to_string();
-    note.record("created", None);
+    identify(&mut note, &mut ctx)?;
     issue(&mut note, &mut ctx)?;
     let mut applied = Vec::new();
     let mut open_invoices: Vec<Document> = invoices
