@@ -240,7 +240,7 @@ on_both_backends! {
     async fn payments_credit_notes_cancellation_aging_and_dunning(app: TestApp) {
         invoicing_with_taxes(&app).await;
         let acme = party(&app, "Acme Trading", "customer", json!({ "payment_terms_days": 30 })).await;
-        invoice(&app, acme, "2025-01-10", "100").await; // A: 119.00, due 2025-02-09
+        let a = invoice(&app, acme, "2025-01-10", "100").await; // 119.00, due 2025-02-09
         let b = invoice(&app, acme, "2025-02-10", "200").await; // 238.00, due 2025-03-12
         let c = invoice(&app, acme, "2025-03-01", "50").await; // 59.50, due 2025-03-31
         let id = |doc: &Value| doc["id"].as_str().expect("an id").to_owned();
@@ -309,6 +309,33 @@ on_both_backends! {
             .await
             .assert_problem(422, &["lines[0].quantity"]);
 
+        // What a customer holds as credit is paid back on request: the rest of a payment, or a
+        // credit note for an invoice paid already.
+        let credit = ok(app.post(&invoicing("/payments"), json!({
+            "party": acme, "amount": "50.00", "date": "2025-04-11", "allocations": [] })).await, 201).await;
+        let credit_id = credit["payment"]["id"].as_str().expect("an id").to_owned();
+        assert_eq!(credit["payment"]["unallocated"], "50.00");
+        app.post(&invoicing(&format!("/payments/{credit_id}/refund")), json!({ "amount": "60.00" }))
+            .await
+            .assert_problem(422, &["amount"]);
+        let refunded = ok(app.post(&invoicing(&format!("/payments/{credit_id}/refund")),
+            json!({ "amount": "20.00", "date": "2025-04-12" })).await, 200).await;
+        assert_eq!(refunded["unallocated"], "30.00");
+        assert_eq!(entry_lines(&app, &refunded["refunds"][0]["entry"]).await, vec![
+            line("1100", "20.00", "", json!(acme)),
+            line("1020", "", "20.00", Value::Null),
+        ]);
+        let after_payment = ok(app.post(&invoicing(&format!("/invoices/{}/credit-note", id(&a))),
+            json!({ "reason": "returned after payment", "date": "2025-04-12" })).await, 201).await;
+        assert_eq!(after_payment["open"], "119.00", "A was paid: the credit stays with the customer");
+        let note_id = id(&after_payment);
+        let paid_back = ok(app.post(&invoicing(&format!("/invoices/{note_id}/refund")), json!(null)).await, 200).await;
+        assert_eq!(paid_back["status"], "paid", "{paid_back}");
+        let twice = app.post(&invoicing(&format!("/invoices/{note_id}/refund")), json!(null)).await;
+        assert_eq!(twice.status, 409, "{}", twice.text);
+        let not_a_note = app.post(&invoicing(&format!("/invoices/{}/refund", id(&b))), json!(null)).await;
+        assert_eq!(not_a_note.status, 409, "{}", not_a_note.text);
+
         // Aging as of a date counts what was open then: at the end of January only A was.
         let january = ok(app.get(&invoicing("/aging?as_of=2025-01-31")).await, 200).await;
         assert_eq!(january["total"], "119.00", "{january}");
@@ -332,7 +359,8 @@ on_both_backends! {
         assert_eq!(again["notices"], json!([]));
         assert_books_balance(&app).await;
         let balance = ok(app.get(&format!("/api/v1/parties/{acme}/balance")).await, 200).await;
-        assert_eq!(balance["receivable"], "47.50", "{balance}");
+        // B's 47.50 less the 30.00 of credit left on the last payment.
+        assert_eq!(balance["receivable"], "17.50", "{balance}");
     }
 
     async fn vendor_bills_and_payments_mirror_receivables(app: TestApp) {
@@ -344,6 +372,17 @@ on_both_backends! {
         })).await, 201).await;
         assert_eq!(bill["number"], "BILL-000001");
         assert_eq!(bill["due_date"], "2025-05-15");
+        // The same vendor invoice entered twice would be paid twice.
+        let again = json!({ "party": supplier, "date": "2025-05-02", "reference": "RENT-05",
+            "lines": [{ "description": "Rent May", "quantity": "1", "unit_price": "1000", "account": "6100" }] });
+        let twice = app.post(&invoicing("/bills"), again.clone()).await;
+        assert_eq!(twice.status, 409, "{}", twice.text);
+        assert!(twice.text.contains("BILL-000001"), "{}", twice.text);
+        let mut another = again;
+        another["allow_duplicate"] = json!(true);
+        another["draft"] = json!(true);
+        let confirmed = ok(app.post(&invoicing("/bills"), another).await, 201).await;
+        assert_eq!(confirmed["status"], "draft");
         assert_eq!(entry_lines(&app, &bill["entry"]).await, vec![
             line("2000", "", "1190.00", json!(supplier)),
             line("6100", "1000.00", "", Value::Null),

@@ -288,6 +288,10 @@ pub struct DocumentRequest {
     /// Keep it a draft instead of issuing it at once.
     #[serde(default)]
     pub draft: bool,
+    /// A bill whose vendor reference the vendor already has on a bill is refused as a
+    /// probable duplicate unless this says it is another one.
+    #[serde(default)]
+    pub allow_duplicate: bool,
 }
 
 /// A line before its tax is decided: what every way of making a document provides.
@@ -685,9 +689,69 @@ fn prepare(kind: Kind, request: DocumentRequest, ctx: &mut Context) -> Result<Do
 }
 
 fn create(kind: Kind, request: DocumentRequest, ctx: &mut Context) -> Result<Document, Error> {
+    if kind == Kind::Bill && !request.allow_duplicate {
+        refuse_duplicate_bill(request.party, request.reference.as_deref())?;
+    }
     let draft = request.draft;
     let document = prepare(kind, request, ctx)?;
     save_new(document, ctx, draft)
+}
+
+/// A conflict when the vendor already has a bill (not cancelled) with this reference: the
+/// same vendor invoice entered twice would be paid twice.
+fn refuse_duplicate_bill(party: i64, reference: Option<&str>) -> Result<(), Error> {
+    let Some(reference) = reference.map(str::trim).filter(|r| !r.is_empty()) else {
+        return Ok(());
+    };
+    let page = DOCUMENTS.find(
+        "by-reference",
+        &[json!(party), json!(Kind::Bill.name()), json!(reference)],
+        None,
+        LIST_LIMIT_DEFAULT,
+    )?;
+    match page
+        .items
+        .iter()
+        .find(|(_, bill)| bill.status != Status::Cancelled)
+    {
+        Some((_, bill)) => Err(Error::Conflict(format!(
+            "vendor {party} already has bill {} with the reference {reference:?}; send \
+             \"allow_duplicate\": true if this is another bill",
+            bill.reference_text()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// `POST /invoices/{id}/refund` for a credit note: pays back what is left of it.
+pub fn refund_credit_note(request: &Request, params: &Params) -> Result<Response, Error> {
+    require(perm::PAYMENTS_WRITE)?;
+    let mut note = load(Kind::Invoice, params.get("id")?, true)?;
+    if note.kind != Kind::CreditNote || !note.issued || note.status == Status::Cancelled {
+        return Err(Error::Conflict(format!(
+            "{} is not an issued credit note: only a credit note's credit is refunded",
+            note.reference_text()
+        )));
+    }
+    let settings = Settings::load()?;
+    let source = note.reference_text();
+    let refund = crate::payments::refund(
+        request,
+        note.party,
+        &note.party_name.clone(),
+        &source,
+        note.open,
+        &settings,
+    )?;
+    note.settle(Allocation {
+        kind: "refund".to_owned(),
+        id: refund.entry.to_string(),
+        number: format!("entry {}", refund.entry),
+        date: refund.date,
+        amount: refund.amount,
+    });
+    DOCUMENTS.put(&note.id, &note)?;
+    Ok(Response::json(200, &note))
 }
 
 /// `POST /invoices`.
@@ -1053,11 +1117,7 @@ struct CancelRequest {
 /// reversed. Either way invoiced order quantities go back to the order.
 fn cancel(kind: Kind, request: &Request, params: &Params) -> Result<Response, Error> {
     require(write_permission(kind))?;
-    let body: CancelRequest = if request.body.is_empty() {
-        CancelRequest::default()
-    } else {
-        request.json()?
-    };
+    let body: CancelRequest = input::optional_body(request)?;
     let mut document = load(kind, params.get("id")?, true)?;
     let mut errors = FieldErrors::new();
     let date = input::date_or_today(&mut errors, "date", body.date.as_deref());

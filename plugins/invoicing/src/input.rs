@@ -2,7 +2,7 @@
 //! JSON of operation inputs.
 
 use keel_sdk::dates::NaiveDate;
-use keel_sdk::{Error, FieldErrors};
+use keel_sdk::{Error, FieldErrors, Request};
 use rust_decimal::Decimal;
 use serde::de::DeserializeOwned;
 
@@ -88,6 +88,14 @@ pub fn date_or_today(errors: &mut FieldErrors, field: &str, value: Option<&str>)
             }
         },
     }
+}
+
+/// A body that may be left out: empty, `null` and `{}` all mean the defaults.
+pub fn optional_body<T: DeserializeOwned + Default>(request: &Request) -> Result<T, Error> {
+    if request.body.is_empty() {
+        return Ok(T::default());
+    }
+    Ok(request.json::<Option<T>>()?.unwrap_or_default())
 }
 
 /// The JSON input of an operation.

@@ -67,6 +67,7 @@ impl Plugin for Invoicing {
                 ("by-party-date", &["party", "kind", "date"]),
                 ("by-kind-date", &["kind", "date"]),
                 ("by-order", &["order", "kind"]),
+                ("by-reference", &["party", "kind", "reference"]),
             ],
         )
         .collection(
@@ -97,6 +98,7 @@ impl Plugin for Invoicing {
             .post("/invoices/{id}/cancel", documents::cancel_invoice)
             .post("/invoices/{id}/credit-note", documents::credit_invoice)
             .post("/invoices/{id}/apply", payments::apply_credit_note)
+            .post("/invoices/{id}/refund", documents::refund_credit_note)
             .post("/bills", documents::create_bill)
             .get("/bills", documents::list_bills)
             .get("/bills/{id}", documents::get_bill)
@@ -106,6 +108,7 @@ impl Plugin for Invoicing {
             .get("/payments", payments::list_received)
             .get("/payments/{id}", payments::get_received)
             .post("/payments/{id}/allocate", payments::allocate_received)
+            .post("/payments/{id}/refund", payments::refund_payment)
             .post("/vendor-payments", payments::pay)
             .get("/vendor-payments", payments::list_made)
             .get("/vendor-payments/{id}", payments::get_made)

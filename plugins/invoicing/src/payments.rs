@@ -81,6 +81,106 @@ pub struct Payment {
     pub unallocated: Decimal,
     pub entry: i64,
     pub created_by: Option<i64>,
+    /// Credit paid back to the customer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refunds: Vec<Refund>,
+}
+
+/// Money paid back out of a customer's credit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Refund {
+    #[serde(with = "money::cents")]
+    pub amount: Decimal,
+    pub date: String,
+    pub bank_account: String,
+    pub entry: i64,
+    pub by: Option<i64>,
+}
+
+/// `POST …/refund`: how much of the credit to pay back (all of it when absent), when, from
+/// which bank account.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundRequest {
+    #[serde(default)]
+    amount: Option<Decimal>,
+    #[serde(default)]
+    date: Option<String>,
+    #[serde(default)]
+    bank_account: Option<String>,
+}
+
+/// Pays back up to `available` of a customer's credit from `source` (a payment's or credit
+/// note's number) and posts it.
+pub fn refund(
+    request: &Request,
+    party: i64,
+    party_name: &str,
+    source: &str,
+    available: Decimal,
+    settings: &Settings,
+) -> Result<Refund, Error> {
+    let body: RefundRequest = input::optional_body(request)?;
+    if available.is_zero() {
+        return Err(Error::Conflict(format!(
+            "{source} has no credit left to refund"
+        )));
+    }
+    let mut errors = FieldErrors::new();
+    let amount = input::amount(&mut errors, "amount", body.amount.unwrap_or(available));
+    if amount > available {
+        errors.add(
+            "amount",
+            format!(
+                "is more than the {} of credit left on {source}",
+                money::cents_text(available)
+            ),
+        );
+    }
+    let date = dates::format(input::date_or_today(
+        &mut errors,
+        "date",
+        body.date.as_deref(),
+    ));
+    errors.finish()?;
+    let bank_account = body
+        .bank_account
+        .unwrap_or_else(|| settings.accounts.bank.clone());
+    let entry = posting::post_refund(
+        party,
+        party_name,
+        source,
+        amount,
+        &date,
+        &bank_account,
+        settings,
+    )?;
+    Ok(Refund {
+        amount,
+        date,
+        bank_account,
+        entry,
+        by: keel_sdk::user_id(),
+    })
+}
+
+/// `POST /payments/{id}/refund`: pays back what a customer's payment left as credit.
+pub fn refund_payment(request: &Request, params: &Params) -> Result<Response, Error> {
+    require(perm::PAYMENTS_WRITE)?;
+    let mut payment = load(Side::Receivable, params.get("id")?, true)?;
+    let settings = Settings::load()?;
+    let refund = refund(
+        request,
+        payment.party,
+        &payment.party_name.clone(),
+        &payment.id.clone(),
+        payment.unallocated,
+        &settings,
+    )?;
+    payment.unallocated -= refund.amount;
+    payment.refunds.push(refund);
+    PAYMENTS.put(&payment.id, &payment)?;
+    Ok(Response::json(200, &payment))
 }
 
 #[derive(Debug, Deserialize)]
@@ -346,6 +446,7 @@ fn record(side: Side, request: &Request) -> Result<Response, Error> {
         unallocated: amount,
         entry: 0,
         created_by: keel_sdk::user_id(),
+        refunds: Vec::new(),
     };
     payment.entry = posting::post_payment(&payment, &settings)?;
     let settled = allocate(&mut payment, chosen)?;

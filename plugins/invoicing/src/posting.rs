@@ -86,6 +86,35 @@ pub fn document_entry(document: &Document, settings: &Settings) -> Entry {
     }
 }
 
+/// Posts money paid back to a customer out of their credit: receivable against cash.
+pub fn post_refund(
+    party: i64,
+    party_name: &str,
+    source: &str,
+    amount: Decimal,
+    date: &str,
+    bank_account: &str,
+    settings: &Settings,
+) -> Result<i64, Error> {
+    let memo = format!("refund of {source}, {party_name}");
+    let entry = Entry {
+        date: date.to_owned(),
+        memo: memo.clone(),
+        lines: vec![
+            line(
+                &settings.accounts.receivable,
+                true,
+                amount,
+                Some(party),
+                &memo,
+            ),
+            line(bank_account, false, amount, None, &memo),
+        ],
+        document: Some(format!("refund/{source}")),
+    };
+    ledger::post(&entry, None)
+}
+
 /// Posts a payment: received, cash against receivable; made, payable against cash.
 pub fn post_payment(payment: &Payment, settings: &Settings) -> Result<i64, Error> {
     let memo = format!(

@@ -188,11 +188,7 @@ struct RunRequest {
 /// again the same day raises nothing.
 pub fn run_dunning(request: &Request, _params: &Params) -> Result<Response, Error> {
     require(perm::DUNNING_RUN)?;
-    let body: RunRequest = if request.body.is_empty() {
-        RunRequest::default()
-    } else {
-        request.json()?
-    };
+    let body: RunRequest = input::optional_body(request)?;
     let mut errors = FieldErrors::new();
     let as_of = input::date_or_today(&mut errors, "as_of", body.as_of.as_deref());
     errors.finish()?;
