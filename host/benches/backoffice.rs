@@ -9,7 +9,6 @@
 //!
 //! Figures in docs/PERFORMANCE.md.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -18,29 +17,11 @@ use keel_host::audit::Origin;
 use keel_host::testing::PluginHost;
 use serde_json::{Value, json};
 
+mod common;
+use common::{component, ok};
+
 /// Invoices per billing-run request.
 const BATCH: usize = 100;
-
-fn component(relative: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target")
-        .join(relative);
-    std::fs::read(&path).unwrap_or_else(|error| {
-        panic!(
-            "{}: {error}; build the plugins first with scripts/build-plugins",
-            path.display()
-        )
-    })
-}
-
-async fn ok(host: &PluginHost, method: &str, uri: &str, body: Option<&Value>) -> Value {
-    let (status, reply) = host.request_host(method, uri, body).await.expect("a reply");
-    assert!(
-        (200..300).contains(&status),
-        "{method} {uri}: {status} {reply}"
-    );
-    reply
-}
 
 async fn ok_as(
     host: &PluginHost,

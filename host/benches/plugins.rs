@@ -7,7 +7,6 @@
 //!
 //! The components are built by `scripts/build-plugins`. Figures in docs/PERFORMANCE.md.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,17 +17,8 @@ use keel_host::company::{Companies, Company};
 use keel_host::db::{Database, Location};
 use keel_host::runtime::Runtime;
 
-fn component(relative: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target")
-        .join(relative);
-    std::fs::read(&path).unwrap_or_else(|error| {
-        panic!(
-            "{}: {error}; build the plugins first with scripts/build-plugins",
-            path.display()
-        )
-    })
-}
+mod common;
+use common::component;
 
 const COMPONENTS: [(&str, &str); 3] = [
     (

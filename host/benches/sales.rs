@@ -8,13 +8,15 @@
 //!
 //! Figures in docs/PERFORMANCE.md.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use keel_host::audit::Origin;
 use keel_host::testing::PluginHost;
 use serde_json::{Value, json};
+
+mod common;
+use common::{component, ok};
 
 const OPPORTUNITIES: usize = 100_000;
 /// The most one import request takes.
@@ -25,27 +27,6 @@ const BUNDLE_LINES: usize = 40;
 const PRODUCTS: usize = 150;
 const BUNDLES: usize = 10;
 const CONTRACT_PRICES: usize = 30;
-
-fn component(relative: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target")
-        .join(relative);
-    std::fs::read(&path).unwrap_or_else(|error| {
-        panic!(
-            "{}: {error}; build the plugins first with scripts/build-plugins",
-            path.display()
-        )
-    })
-}
-
-async fn ok(host: &PluginHost, method: &str, uri: &str, body: Option<&Value>) -> Value {
-    let (status, reply) = host.request_host(method, uri, body).await.expect("a reply");
-    assert!(
-        (200..300).contains(&status),
-        "{method} {uri}: {status} {reply}"
-    );
-    reply
-}
 
 async fn customer(host: &PluginHost) -> i64 {
     let party = ok(

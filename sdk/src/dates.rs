@@ -3,7 +3,7 @@
 
 pub use chrono::{Datelike, Days, NaiveDate};
 
-use crate::Error;
+use crate::{Error, FieldErrors};
 
 /// Today's date in UTC.
 pub fn today() -> NaiveDate {
@@ -26,6 +26,19 @@ pub fn parse(field: &str, text: &str) -> Result<NaiveDate, Error> {
 /// The date as `YYYY-MM-DD`.
 pub fn format(date: NaiveDate) -> String {
     date.format("%Y-%m-%d").to_string()
+}
+
+/// The date given, or today when absent. A text that is not a date adds an error about
+/// `field` to `errors` (and gives today, which the caller never keeps: `errors` fails it).
+pub fn parse_or_today(errors: &mut FieldErrors, field: &str, text: Option<&str>) -> NaiveDate {
+    let Some(text) = text else {
+        return today();
+    };
+    parse(field, text).unwrap_or_else(|error| {
+        // `parse` fails only with `invalid` naming `field`.
+        let _ = errors.absorb(error);
+        today()
+    })
 }
 
 #[cfg(test)]

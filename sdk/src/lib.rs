@@ -217,6 +217,27 @@ impl Error {
         }
     }
 
+    /// The same error with its fields under `prefix` (`amount` becomes `opportunity.amount`,
+    /// an error about the whole input becomes one about `prefix`).
+    pub fn within(self, prefix: &str) -> Self {
+        match self {
+            Self::Invalid(fields) => Self::Invalid(
+                fields
+                    .into_iter()
+                    .map(|mut f| {
+                        f.field = if f.field.is_empty() {
+                            prefix.to_owned()
+                        } else {
+                            format!("{prefix}.{}", f.field)
+                        };
+                        f
+                    })
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
+
     /// What went wrong, in one sentence.
     pub fn detail(&self) -> String {
         match self {
@@ -244,6 +265,15 @@ impl Request {
     /// The body parsed as JSON into `T`; an invalid body is a 422 naming the field.
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
         Ok(serde_json::from_slice(&self.body)?)
+    }
+
+    /// Like [`Request::json`] for routes whose fields are all optional: no body, or `null`,
+    /// is `T::default()`.
+    pub fn optional_json<T: serde::de::DeserializeOwned + Default>(&self) -> Result<T, Error> {
+        if self.body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(T::default());
+        }
+        Ok(self.json::<Option<T>>()?.unwrap_or_default())
     }
 
     /// The query string's parameters, percent-decoded, in order.
@@ -316,6 +346,24 @@ impl Response {
             }],
             body: body.to_string().into_bytes(),
         }
+    }
+}
+
+/// The JSON input of an operation (`Plugin::invoke`) into `T`; anything else is `invalid`,
+/// naming `input`.
+pub fn operation_input<T: serde::de::DeserializeOwned>(input: &str) -> Result<T, Error> {
+    serde_json::from_str(input)
+        .map_err(|e| Error::invalid("input", format!("is not the JSON expected: {e}")))
+}
+
+/// `Denied` unless the acting user holds `permission`.
+pub fn require(permission: &str) -> Result<(), Error> {
+    if allowed(permission) {
+        Ok(())
+    } else {
+        Err(Error::Denied(format!(
+            "this needs the permission {permission}"
+        )))
     }
 }
 

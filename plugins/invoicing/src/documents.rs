@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::input::{self, LINES_MAX};
 use crate::settings::Settings;
-use crate::{PARTY_TAX_CODE_FIELD, nest, perm, posting, require};
+use crate::{PARTY_TAX_CODE_FIELD, perm, posting};
 
 pub const DOCUMENTS: Collection<Document> = Collection::new("documents");
 
@@ -432,14 +432,14 @@ fn build(
             ),
         );
     }
-    let date = input::date_or_today(errors, "date", header.date.as_deref());
+    let date = keel_sdk::dates::parse_or_today(errors, "date", header.date.as_deref());
     let terms = party
         .as_ref()
         .and_then(|p| p.payment_terms_days)
         .unwrap_or(settings.payment_terms_days);
     let due_date = match header.due_date.as_deref() {
         Some(text) => {
-            let due = input::date_or_today(errors, "due_date", Some(text));
+            let due = keel_sdk::dates::parse_or_today(errors, "due_date", Some(text));
             if due < date {
                 errors.add("due_date", "is not before the document's date");
             }
@@ -725,7 +725,7 @@ fn refuse_duplicate_bill(party: i64, reference: Option<&str>) -> Result<(), Erro
 
 /// `POST /invoices/{id}/refund` for a credit note: pays back what is left of it.
 pub fn refund_credit_note(request: &Request, params: &Params) -> Result<Response, Error> {
-    require(perm::PAYMENTS_WRITE)?;
+    keel_sdk::require(perm::PAYMENTS_WRITE)?;
     let mut note = load(Kind::Invoice, params.get("id")?, true)?;
     if note.kind != Kind::CreditNote || !note.issued || note.status == Status::Cancelled {
         return Err(Error::Conflict(format!(
@@ -756,9 +756,18 @@ pub fn refund_credit_note(request: &Request, params: &Params) -> Result<Response
 
 /// `POST /invoices`.
 pub fn create_invoice(request: &Request, _params: &Params) -> Result<Response, Error> {
-    require(perm::INVOICES_WRITE)?;
+    create_route(Kind::Invoice, request)
+}
+
+/// `POST /bills`.
+pub fn create_bill(request: &Request, _params: &Params) -> Result<Response, Error> {
+    create_route(Kind::Bill, request)
+}
+
+fn create_route(kind: Kind, request: &Request) -> Result<Response, Error> {
+    keel_sdk::require(write_permission(kind))?;
     let body: DocumentRequest = request.json()?;
-    let document = create(Kind::Invoice, body, &mut Context::load()?)?;
+    let document = create(kind, body, &mut Context::load()?)?;
     Ok(Response::json(201, &document))
 }
 
@@ -771,7 +780,7 @@ struct BatchRequest {
 /// `POST /invoices/batch`: many invoices in one transaction, all or none (a billing run).
 /// Their entries go to the ledger in one `post-many`.
 pub fn create_invoices(request: &Request, _params: &Params) -> Result<Response, Error> {
-    require(perm::INVOICES_WRITE)?;
+    keel_sdk::require(perm::INVOICES_WRITE)?;
     let body: BatchRequest = request.json()?;
     if body.invoices.is_empty() || body.invoices.len() > BATCH_MAX {
         return Err(Error::invalid(
@@ -789,7 +798,7 @@ pub fn create_invoices(request: &Request, _params: &Params) -> Result<Response, 
     for (i, invoice) in body.invoices.into_iter().enumerate() {
         let draft = invoice.draft;
         let mut document = prepare(Kind::Invoice, invoice, &mut ctx)
-            .map_err(|e| nest(e, &format!("invoices[{i}]")))?;
+            .map_err(|e| e.within(&format!("invoices[{i}]")))?;
         identify(&mut document, &mut ctx)?;
         if !draft {
             number(&mut document, &mut ctx)?;
@@ -850,14 +859,6 @@ fn renumber_entries(error: Error, invoices: &[usize]) -> Error {
     )
 }
 
-/// `POST /bills`.
-pub fn create_bill(request: &Request, _params: &Params) -> Result<Response, Error> {
-    require(perm::BILLS_WRITE)?;
-    let body: DocumentRequest = request.json()?;
-    let document = create(Kind::Bill, body, &mut Context::load()?)?;
-    Ok(Response::json(201, &document))
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OrderLineRequest {
@@ -904,7 +905,7 @@ struct OrderLine {
 /// `POST /invoices/from-order`: invoices shipped, not yet invoiced quantities of a sales
 /// order (all of them, or the lines named). The orders plugin refuses more than was shipped.
 pub fn invoice_order(request: &Request, _params: &Params) -> Result<Response, Error> {
-    require(perm::INVOICES_WRITE)?;
+    keel_sdk::require(perm::INVOICES_WRITE)?;
     let body: InvoiceOrderRequest = request.json()?;
     let mut ctx = Context::load()?;
     let mut call_input = json!({ "order": body.order });
@@ -979,7 +980,7 @@ fn write_permission(kind: Kind) -> &'static str {
 }
 
 fn get(kind: Kind, params: &Params) -> Result<Response, Error> {
-    require(read_permission(kind))?;
+    keel_sdk::require(read_permission(kind))?;
     Ok(Response::json(200, &load(kind, params.get("id")?, false)?))
 }
 
@@ -1002,7 +1003,7 @@ fn list(request: &Request, kinds: &[Kind]) -> Result<Response, Error> {
             Error::invalid("kind", format!("is one of {}", names.join(", ")))
         })?,
     };
-    require(read_permission(kind))?;
+    keel_sdk::require(read_permission(kind))?;
     let limit = match request.query_param("limit") {
         None => LIST_LIMIT_DEFAULT,
         Some(text) => text
@@ -1079,7 +1080,7 @@ pub fn list_bills(request: &Request, _params: &Params) -> Result<Response, Error
 }
 
 fn issue_draft(kind: Kind, params: &Params) -> Result<Response, Error> {
-    require(write_permission(kind))?;
+    keel_sdk::require(write_permission(kind))?;
     let mut ctx = Context::load()?;
     let mut document = load(kind, params.get("id")?, true)?;
     if document.status != Status::Draft {
@@ -1116,11 +1117,11 @@ struct CancelRequest {
 /// A draft is dropped; an issued document nothing has settled yet has its posting
 /// reversed. Either way invoiced order quantities go back to the order.
 fn cancel(kind: Kind, request: &Request, params: &Params) -> Result<Response, Error> {
-    require(write_permission(kind))?;
-    let body: CancelRequest = input::optional_body(request)?;
+    keel_sdk::require(write_permission(kind))?;
+    let body: CancelRequest = request.optional_json()?;
     let mut document = load(kind, params.get("id")?, true)?;
     let mut errors = FieldErrors::new();
-    let date = input::date_or_today(&mut errors, "date", body.date.as_deref());
+    let date = keel_sdk::dates::parse_or_today(&mut errors, "date", body.date.as_deref());
     let reason = body
         .reason
         .as_deref()
@@ -1243,7 +1244,7 @@ struct CreditRequest {
 /// `POST /invoices/{id}/credit-note`: credits lines of an issued invoice (never more than
 /// was invoiced) and applies the credit to what the invoice still owes.
 pub fn credit_invoice(request: &Request, params: &Params) -> Result<Response, Error> {
-    require(perm::INVOICES_WRITE)?;
+    keel_sdk::require(perm::INVOICES_WRITE)?;
     let body: CreditRequest = request.json()?;
     let mut ctx = Context::load()?;
     let mut invoice = load(Kind::Invoice, params.get("id")?, true)?;
@@ -1415,8 +1416,8 @@ struct ReturnLine {
 /// what is left stays as the customer's credit. Answers `{"number", "id", "total",
 /// "applied": [...]}`.
 pub fn credit_note_for_return(input: &str) -> Result<Value, Error> {
-    require(perm::INVOICES_WRITE)?;
-    let credit: ReturnCredit = input::operation(input)?;
+    keel_sdk::require(perm::INVOICES_WRITE)?;
+    let credit: ReturnCredit = keel_sdk::operation_input(input)?;
     let mut ctx = Context::load()?;
     let mut errors = FieldErrors::new();
     let reason = input::text(&mut errors, "reason", &credit.reason);

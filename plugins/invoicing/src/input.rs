@@ -1,10 +1,7 @@
-//! Checks of what requests carry: amounts and quantities within named limits, dates, and the
-//! JSON of operation inputs.
+//! Checks of what requests carry: amounts, quantities and texts within named limits.
 
-use keel_sdk::dates::NaiveDate;
-use keel_sdk::{Error, FieldErrors, Request};
+use keel_sdk::FieldErrors;
 use rust_decimal::Decimal;
-use serde::de::DeserializeOwned;
 
 /// Most decimal places an input price, quantity or percentage may have.
 pub const INPUT_DECIMALS_MAX: u32 = 6;
@@ -73,33 +70,4 @@ pub fn text(errors: &mut FieldErrors, field: &str, value: &str) -> String {
         errors.add(field, format!("is 1 to {TEXT_CHARS_MAX} characters"));
     }
     trimmed.to_owned()
-}
-
-/// A date given, or today.
-pub fn date_or_today(errors: &mut FieldErrors, field: &str, value: Option<&str>) -> NaiveDate {
-    match value {
-        None => keel_sdk::dates::today(),
-        Some(text) => match keel_sdk::dates::parse(field, text) {
-            Ok(date) => date,
-            Err(error) => {
-                // `dates::parse` fails only with `invalid` naming `field`.
-                let _ = errors.absorb(error);
-                keel_sdk::dates::today()
-            }
-        },
-    }
-}
-
-/// A body that may be left out: empty, `null` and `{}` all mean the defaults.
-pub fn optional_body<T: DeserializeOwned + Default>(request: &Request) -> Result<T, Error> {
-    if request.body.is_empty() {
-        return Ok(T::default());
-    }
-    Ok(request.json::<Option<T>>()?.unwrap_or_default())
-}
-
-/// The JSON input of an operation.
-pub fn operation<T: DeserializeOwned>(input: &str) -> Result<T, Error> {
-    serde_json::from_str(input)
-        .map_err(|e| Error::invalid("input", format!("is not the JSON expected: {e}")))
 }

@@ -131,35 +131,3 @@ impl Plugin for Invoicing {
 }
 
 keel_sdk::export!(Invoicing);
-
-/// `Denied` unless the acting user holds `permission`.
-fn require(permission: &str) -> Result<(), Error> {
-    if keel_sdk::allowed(permission) {
-        Ok(())
-    } else {
-        Err(Error::Denied(format!(
-            "this needs the permission {permission}"
-        )))
-    }
-}
-
-/// The same error with its fields under `prefix` (`lines[0].quantity` becomes
-/// `invoices[3].lines[0].quantity`).
-fn nest(error: Error, prefix: &str) -> Error {
-    match error {
-        Error::Invalid(fields) => Error::Invalid(
-            fields
-                .into_iter()
-                .map(|mut f| {
-                    f.field = if f.field.is_empty() || f.field == "body" {
-                        prefix.to_owned()
-                    } else {
-                        format!("{prefix}.{}", f.field)
-                    };
-                    f
-                })
-                .collect(),
-        ),
-        other => other,
-    }
-}

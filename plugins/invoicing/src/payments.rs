@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::documents::{self, Allocation, DOCUMENTS, Document, Kind, Status};
 use crate::input;
 use crate::settings::Settings;
-use crate::{perm, posting, require};
+use crate::{perm, posting};
 
 pub const PAYMENTS: Collection<Payment> = Collection::new("payments");
 
@@ -120,7 +120,7 @@ pub fn refund(
     available: Decimal,
     settings: &Settings,
 ) -> Result<Refund, Error> {
-    let body: RefundRequest = input::optional_body(request)?;
+    let body: RefundRequest = request.optional_json()?;
     if available.is_zero() {
         return Err(Error::Conflict(format!(
             "{source} has no credit left to refund"
@@ -137,7 +137,7 @@ pub fn refund(
             ),
         );
     }
-    let date = dates::format(input::date_or_today(
+    let date = dates::format(keel_sdk::dates::parse_or_today(
         &mut errors,
         "date",
         body.date.as_deref(),
@@ -166,7 +166,7 @@ pub fn refund(
 
 /// `POST /payments/{id}/refund`: pays back what a customer's payment left as credit.
 pub fn refund_payment(request: &Request, params: &Params) -> Result<Response, Error> {
-    require(perm::PAYMENTS_WRITE)?;
+    keel_sdk::require(perm::PAYMENTS_WRITE)?;
     let mut payment = load(Side::Receivable, params.get("id")?, true)?;
     let settings = Settings::load()?;
     let refund = refund(
@@ -388,12 +388,12 @@ fn allocate(payment: &mut Payment, chosen: Vec<(Document, Decimal)>) -> Result<V
 }
 
 fn record(side: Side, request: &Request) -> Result<Response, Error> {
-    require(perm::PAYMENTS_WRITE)?;
+    keel_sdk::require(perm::PAYMENTS_WRITE)?;
     let body: PaymentRequest = request.json()?;
     let settings = Settings::load()?;
     let mut errors = FieldErrors::new();
     let amount = input::amount(&mut errors, "amount", body.amount);
-    let date = input::date_or_today(&mut errors, "date", body.date.as_deref());
+    let date = keel_sdk::dates::parse_or_today(&mut errors, "date", body.date.as_deref());
     let base = keel_sdk::ledger::base_currency()?;
     let currency = body
         .currency
@@ -486,7 +486,7 @@ fn load(side: Side, id: &str, for_update: bool) -> Result<Payment, Error> {
 }
 
 fn get(side: Side, params: &Params) -> Result<Response, Error> {
-    require(read_permission(side))?;
+    keel_sdk::require(read_permission(side))?;
     Ok(Response::json(200, &load(side, params.get("id")?, false)?))
 }
 
@@ -502,7 +502,7 @@ pub fn get_made(_request: &Request, params: &Params) -> Result<Response, Error> 
 
 /// A party's payments, newest first.
 fn list(side: Side, request: &Request) -> Result<Response, Error> {
-    require(read_permission(side))?;
+    keel_sdk::require(read_permission(side))?;
     let party: i64 = request
         .query_param("party")
         .ok_or_else(|| Error::invalid("party", "is required: the party whose payments to list"))?
@@ -543,7 +543,7 @@ struct AllocateRequest {
 
 /// Allocates what a payment has left to documents.
 fn allocate_later(side: Side, request: &Request, params: &Params) -> Result<Response, Error> {
-    require(perm::PAYMENTS_WRITE)?;
+    keel_sdk::require(perm::PAYMENTS_WRITE)?;
     let body: AllocateRequest = request.json()?;
     let mut payment = load(side, params.get("id")?, true)?;
     if payment.unallocated.is_zero() {
@@ -583,7 +583,7 @@ pub fn allocate_made(request: &Request, params: &Params) -> Result<Response, Err
 /// `POST /invoices/{id}/apply` for a credit note: applies what is left of it to invoices of
 /// the same customer.
 pub fn apply_credit_note(request: &Request, params: &Params) -> Result<Response, Error> {
-    require(perm::INVOICES_WRITE)?;
+    keel_sdk::require(perm::INVOICES_WRITE)?;
     let body: AllocateRequest = request.json()?;
     let mut note = documents::load(Kind::Invoice, params.get("id")?, true)?;
     if note.kind != Kind::CreditNote {

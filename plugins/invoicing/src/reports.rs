@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::documents::{self, DOCUMENTS, Document, Kind};
+use crate::perm;
 use crate::settings::Settings;
-use crate::{input, perm, require};
 
 /// Every dunning notice sent, under "<document id>/<level>".
 const NOTICES: Collection<Notice> = Collection::new("dunning-notices");
@@ -43,7 +43,7 @@ fn days_overdue(document: &Document, as_of: NaiveDate) -> i64 {
 
 fn as_of(request: &Request) -> Result<NaiveDate, Error> {
     let mut errors = FieldErrors::new();
-    let date = input::date_or_today(
+    let date = keel_sdk::dates::parse_or_today(
         &mut errors,
         "as_of",
         request.query_param("as_of").as_deref(),
@@ -70,7 +70,7 @@ pub fn aging(request: &Request, _params: &Params) -> Result<Response, Error> {
         Some("payable") => Kind::Bill,
         Some(_) => return Err(Error::invalid("side", "is receivable or payable")),
     };
-    require(match kind {
+    keel_sdk::require(match kind {
         Kind::Bill => perm::BILLS_READ,
         _ => perm::INVOICES_READ,
     })?;
@@ -139,7 +139,7 @@ fn due_level(settings: &Settings, days_overdue: i64) -> u32 {
 
 /// `GET /dunning?as_of=`: overdue invoices, with the level they are at and the level due.
 pub fn dunning(request: &Request, _params: &Params) -> Result<Response, Error> {
-    require(perm::INVOICES_READ)?;
+    keel_sdk::require(perm::INVOICES_READ)?;
     let settings = Settings::load()?;
     let as_of = as_of(request)?;
     let items: Vec<Value> = documents::open_documents(Kind::Invoice, None)?
@@ -187,10 +187,10 @@ struct RunRequest {
 /// records a notice per level reached and publishes `invoicing.dunning.notice`. Running it
 /// again the same day raises nothing.
 pub fn run_dunning(request: &Request, _params: &Params) -> Result<Response, Error> {
-    require(perm::DUNNING_RUN)?;
-    let body: RunRequest = input::optional_body(request)?;
+    keel_sdk::require(perm::DUNNING_RUN)?;
+    let body: RunRequest = request.optional_json()?;
     let mut errors = FieldErrors::new();
-    let as_of = input::date_or_today(&mut errors, "as_of", body.as_of.as_deref());
+    let as_of = keel_sdk::dates::parse_or_today(&mut errors, "as_of", body.as_of.as_deref());
     errors.finish()?;
     let settings = Settings::load()?;
     let mut notices = Vec::new();
@@ -245,8 +245,8 @@ struct SummaryInput {
 /// above the credit limit), else `overdue` (an invoice past due), else `within_limit` or
 /// `no_limit`.
 pub fn party_summary(input: &str) -> Result<Value, Error> {
-    require(perm::INVOICES_READ)?;
-    let SummaryInput { party } = input::operation(input)?;
+    keel_sdk::require(perm::INVOICES_READ)?;
+    let SummaryInput { party } = keel_sdk::operation_input(input)?;
     let today = dates::today();
     let summary = |d: &Document| {
         json!({

@@ -11,7 +11,7 @@ use keel_sdk::{Error, FieldErrors, Request, Response};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::{perm, require};
+use crate::perm;
 
 const SETTINGS: Collection<Settings> = Collection::new("settings");
 const SETTINGS_KEY: &str = "settings";
@@ -278,7 +278,7 @@ pub fn get(_request: &Request, _params: &Params) -> Result<Response, Error> {
 
 /// `PUT /settings`: the whole settings document.
 pub fn put(request: &Request, _params: &Params) -> Result<Response, Error> {
-    require(perm::SETTINGS_WRITE)?;
+    keel_sdk::require(perm::SETTINGS_WRITE)?;
     let settings: Settings = request.json()?;
     settings.validate()?;
     SETTINGS.put(SETTINGS_KEY, &settings)?;

@@ -2,10 +2,9 @@
 //! dates and `{line, quantity}` pairs, each checked with the path of its field so that a
 //! refusal names every bad field at once.
 
-use keel_sdk::{Error, FieldErrors, Request, dates, money};
+use keel_sdk::{FieldErrors, dates, money};
 use rust_decimal::Decimal;
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 
 use crate::order::Line;
 
@@ -35,22 +34,6 @@ impl DecimalInput {
             Self::Number(number) => number.to_string(),
         }
     }
-}
-
-/// The body as JSON into `T`; an empty body is `T::default()` (for routes whose fields are
-/// all optional). Malformed JSON or an unknown field is a 422 naming `body`.
-pub fn optional_body<T: DeserializeOwned + Default>(request: &Request) -> Result<T, Error> {
-    if request.body.iter().all(u8::is_ascii_whitespace) {
-        Ok(T::default())
-    } else {
-        request.json()
-    }
-}
-
-/// An operation's input as JSON into `T`; anything else is invalid, naming `input`.
-pub fn operation<T: DeserializeOwned>(input: &str) -> Result<T, Error> {
-    serde_json::from_str(input)
-        .map_err(|e| Error::invalid("input", format!("is not the JSON expected: {e}")))
 }
 
 /// A decimal in [`min`, `max`] (above `min` when `above_min`), with at most
@@ -135,17 +118,7 @@ pub fn required_text(
 
 /// The date as `YYYY-MM-DD`, today when absent.
 pub fn date_or_today(errors: &mut FieldErrors, field: &str, value: Option<&str>) -> String {
-    match value {
-        None => dates::format(dates::today()),
-        Some(text) => match dates::parse(field, text) {
-            Ok(date) => dates::format(date),
-            Err(error) => {
-                // `dates::parse` fails only with `invalid` naming `field`.
-                let _ = errors.absorb(error);
-                String::new()
-            }
-        },
-    }
+    dates::format(dates::parse_or_today(errors, field, value))
 }
 
 /// `{line, quantity}`: which order line, and how much of it.
@@ -281,7 +254,7 @@ mod tests {
         });
         assert_eq!(picked, [(0, Decimal::from(2))]);
         let fields: Vec<String> = match errors.finish() {
-            Err(Error::Invalid(list)) => list.into_iter().map(|e| e.field).collect(),
+            Err(keel_sdk::Error::Invalid(list)) => list.into_iter().map(|e| e.field).collect(),
             other => panic!("expected a refusal: {other:?}"),
         };
         assert_eq!(

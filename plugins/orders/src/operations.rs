@@ -32,7 +32,7 @@ struct PartyOrders {
 /// `party-orders`: the party's most recent orders, in short.
 pub fn party_orders(input: &str) -> Result<String, Error> {
     require_read("reading a party's orders")?;
-    let request: PartyOrders = input::operation(input)?;
+    let request: PartyOrders = keel_sdk::operation_input(input)?;
     let limit = request.limit.unwrap_or(PARTY_ORDERS_DEFAULT);
     if !(1..=PARTY_ORDERS_MAX).contains(&limit) {
         return Err(Error::invalid(
@@ -80,7 +80,7 @@ struct InvoiceLines {
 /// `invoice-lines`: marks shipped quantities invoiced and answers what to invoice. The order
 /// is reserved, so concurrent invoicing of the same order cannot count a quantity twice.
 pub fn invoice_lines(input: &str) -> Result<String, Error> {
-    let request: InvoiceLines = input::operation(input)?;
+    let request: InvoiceLines = keel_sdk::operation_input(input)?;
     let mut order = order::load_for_update(&request.order)?;
     let mut errors = FieldErrors::new();
     let mut invoiced: Vec<(usize, Decimal)> = Vec::new();
@@ -164,7 +164,7 @@ struct UninvoiceLines {
 /// `uninvoice-lines`: gives invoiced quantities back (an invoice was cancelled), so they can
 /// be invoiced again.
 pub fn uninvoice_lines(input: &str) -> Result<String, Error> {
-    let request: UninvoiceLines = input::operation(input)?;
+    let request: UninvoiceLines = keel_sdk::operation_input(input)?;
     let mut order = order::load_for_update(&request.order)?;
     let mut errors = FieldErrors::new();
     let uninvoiced = input::pick_lines(

@@ -221,7 +221,7 @@ struct CreditNoteAnswer {
 /// invoicing plugin and answers the RMA with its credit note.
 pub fn receive(request: &Request, params: &Params) -> Result<Response, Error> {
     require(perm::RETURNS_WRITE, "receiving returns")?;
-    let body: Receipt = input::optional_body(request)?;
+    let body: Receipt = request.optional_json()?;
     let mut errors = FieldErrors::new();
     let date = input::date_or_today(&mut errors, "date", body.date.as_deref());
     errors.finish()?;

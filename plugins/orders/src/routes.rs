@@ -345,7 +345,7 @@ struct Release {
 /// `POST /orders/{number}/release {note?}`: lets a held order go ahead.
 pub fn release(request: &Request, params: &Params) -> Result<Response, Error> {
     require(perm::CREDIT_RELEASE, "releasing an order held for credit")?;
-    let body: Release = input::optional_body(request)?;
+    let body: Release = request.optional_json()?;
     let mut errors = FieldErrors::new();
     let note = input::text(&mut errors, "note", body.note.as_deref(), NOTE_CHARS_MAX);
     errors.finish()?;
@@ -404,7 +404,7 @@ struct NewShipment {
 /// is outstanding.
 pub fn ship(request: &Request, params: &Params) -> Result<Response, Error> {
     require(perm::SHIPMENTS_WRITE, "shipping orders")?;
-    let body: NewShipment = input::optional_body(request)?;
+    let body: NewShipment = request.optional_json()?;
     let mut order = order::load_for_update(params.get("number")?)?;
     if !matches!(order.status, Status::Confirmed | Status::PartiallyShipped) {
         return Err(not_now(&order, "shipped"));

@@ -69,7 +69,7 @@ struct NewActivity {
 
 /// `POST /activities`.
 pub fn create(request: &Request, _: &Params) -> Result<Response, Error> {
-    crate::require(perm::ACTIVITIES_WRITE)?;
+    keel_sdk::require(perm::ACTIVITIES_WRITE)?;
     let new: NewActivity = request.json()?;
     let mut errors = FieldErrors::new();
     let subject = new.subject.trim().to_owned();
@@ -96,7 +96,7 @@ pub fn create(request: &Request, _: &Params) -> Result<Response, Error> {
     errors.finish()?;
     let owner = new.owner.or_else(keel_sdk::user_id);
     if owner != keel_sdk::user_id() {
-        crate::require(perm::ASSIGN)?;
+        keel_sdk::require(perm::ASSIGN)?;
     }
     let activity = Activity {
         number: format!("A-{:06}", storage::next_number("activities")?),
@@ -242,7 +242,7 @@ struct MyTasks {
 /// `GET /my/tasks`: the acting user's open tasks, those without a due date first, then by
 /// due date, with the overdue ones marked.
 pub fn my_open_tasks(_request: &Request, _: &Params) -> Result<Response, Error> {
-    crate::require(perm::ACTIVITIES_READ)?;
+    keel_sdk::require(perm::ACTIVITIES_READ)?;
     let me = keel_sdk::user_id()
         .ok_or_else(|| Error::Denied("\"my tasks\" needs a signed-in user".to_owned()))?;
     let today = dates::format(dates::today());

@@ -233,13 +233,13 @@ fn capture(mut lead: Lead, owner: Option<i64>) -> Result<Lead, Error> {
 
 /// `POST /leads`: a lead captured by a user or another system.
 pub fn create(request: &Request, _: &Params) -> Result<Response, Error> {
-    crate::require(perm::LEADS_WRITE)?;
+    keel_sdk::require(perm::LEADS_WRITE)?;
     let new: NewLead = request.json()?;
     let owner = new.owner;
     if let Some(owner) = owner
         && Some(owner) != keel_sdk::user_id()
     {
-        crate::require(perm::ASSIGN)?;
+        keel_sdk::require(perm::ASSIGN)?;
     }
     let lead = capture(build(new, "api")?, owner)?;
     Ok(Response::json(201, &lead))
@@ -365,7 +365,7 @@ pub fn update(request: &Request, params: &Params) -> Result<Response, Error> {
     if let Some(owner) = changes.owner
         && Some(owner) != lead.owner
     {
-        crate::require(perm::ASSIGN)?;
+        keel_sdk::require(perm::ASSIGN)?;
         lead.owner = Some(owner);
     }
     let merged = NewLead {
@@ -550,7 +550,7 @@ pub fn convert(request: &Request, params: &Params) -> Result<Response, Error> {
                 },
                 Some(lead.number.clone()),
             )
-            .map_err(|error| crate::nest(error, "opportunity"))?,
+            .map_err(|error| error.within("opportunity"))?,
         ),
     };
     lead.status = LeadStatus::Converted;

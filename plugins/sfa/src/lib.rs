@@ -125,37 +125,6 @@ fn not_found(what: &str, number: &str) -> Error {
     Error::NotFound(format!("there is no {what} {number} that you can see"))
 }
 
-/// `Denied` unless the acting user holds `permission`.
-fn require(permission: &str) -> Result<(), Error> {
-    if keel_sdk::allowed(permission) {
-        Ok(())
-    } else {
-        Err(Error::Denied(format!(
-            "this needs the permission {permission}"
-        )))
-    }
-}
-
-/// The same error with its fields under `prefix` (`amount` becomes `opportunity.amount`).
-fn nest(error: Error, prefix: &str) -> Error {
-    match error {
-        Error::Invalid(fields) => Error::Invalid(
-            fields
-                .into_iter()
-                .map(|mut f| {
-                    f.field = if f.field.is_empty() {
-                        prefix.to_owned()
-                    } else {
-                        format!("{prefix}.{}", f.field)
-                    };
-                    f
-                })
-                .collect(),
-        ),
-        other => other,
-    }
-}
-
 /// The date as `YYYY-MM-DD`, or an error about `field` added to `errors` (and an empty
 /// string, which the caller never stores: `errors` fails the request).
 fn check_date(errors: &mut keel_sdk::FieldErrors, field: &str, text: &str) -> String {
@@ -171,8 +140,5 @@ fn check_date(errors: &mut keel_sdk::FieldErrors, field: &str, text: &str) -> St
 
 /// A date given for history brought over from another system, or today.
 fn date_or_today(errors: &mut keel_sdk::FieldErrors, field: &str, text: Option<&str>) -> String {
-    match text {
-        Some(text) => check_date(errors, field, text),
-        None => keel_sdk::dates::format(keel_sdk::dates::today()),
-    }
+    keel_sdk::dates::format(keel_sdk::dates::parse_or_today(errors, field, text))
 }

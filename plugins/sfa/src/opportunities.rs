@@ -176,7 +176,7 @@ pub fn open_new(new: NewOpportunity, lead: Option<String>) -> Result<Opportunity
     let stage = stage.ok_or_else(|| Error::Internal("a checked stage is missing".to_owned()))?;
     let owner = new.owner.or_else(keel_sdk::user_id);
     if owner.is_some() && owner != keel_sdk::user_id() {
-        crate::require(perm::ASSIGN)?;
+        keel_sdk::require(perm::ASSIGN)?;
     }
     let opportunity = Opportunity {
         number: format!("O-{:06}", storage::next_number("opportunities")?),
@@ -222,7 +222,7 @@ fn save(before: Option<&Opportunity>, after: &Opportunity) -> Result<(), Error> 
 
 /// `POST /opportunities`.
 pub fn create(request: &Request, _: &Params) -> Result<Response, Error> {
-    crate::require(perm::OPPORTUNITIES_WRITE)?;
+    keel_sdk::require(perm::OPPORTUNITIES_WRITE)?;
     let opportunity = open_new(request.json()?, None)?;
     Ok(Response::json(201, &opportunity))
 }
@@ -379,7 +379,7 @@ pub fn update(request: &Request, params: &Params) -> Result<Response, Error> {
     if let Some(owner) = changes.owner
         && Some(owner) != before.owner
     {
-        crate::require(perm::ASSIGN)?;
+        keel_sdk::require(perm::ASSIGN)?;
         after.owner = Some(owner);
     }
     errors.finish()?;
@@ -534,7 +534,7 @@ struct Import {
 
 /// `POST /opportunities/import`: up to 500 opportunities at once, all or none.
 pub fn import(request: &Request, _: &Params) -> Result<Response, Error> {
-    crate::require(perm::OPPORTUNITIES_WRITE)?;
+    keel_sdk::require(perm::OPPORTUNITIES_WRITE)?;
     let import: Import = request.json()?;
     if import.opportunities.is_empty() || import.opportunities.len() > IMPORT_BATCH_MAX {
         return Err(Error::invalid(
@@ -560,7 +560,7 @@ pub fn import(request: &Request, _: &Params) -> Result<Response, Error> {
             },
             None,
         )
-        .map_err(|error| crate::nest(error, &prefix))?;
+        .map_err(|error| error.within(&prefix))?;
         let kind = match item.outcome {
             None | Some(Status::Open) => None,
             Some(Status::Won) => Some(StageKind::Won),
@@ -576,7 +576,7 @@ pub fn import(request: &Request, _: &Params) -> Result<Response, Error> {
                     note: None,
                 };
                 closed(&opened, closing, kind)
-                    .map_err(|error| crate::nest(error, &prefix))?
+                    .map_err(|error| error.within(&prefix))?
                     .number
             }
         };

@@ -168,8 +168,8 @@ pub fn stage_of_kind(stages: &[Stage], kind: StageKind) -> Result<Stage, Error> 
 }
 
 pub fn get(_request: &Request, _: &Params) -> Result<Response, Error> {
-    crate::require(crate::perm::OPPORTUNITIES_READ)
-        .or_else(|_| crate::require(perm::LEADS_READ))?;
+    keel_sdk::require(crate::perm::OPPORTUNITIES_READ)
+        .or_else(|_| keel_sdk::require(perm::LEADS_READ))?;
     let settings = Settings {
         stages: stages()?,
         lost_reasons: lost_reasons()?,
@@ -179,7 +179,7 @@ pub fn get(_request: &Request, _: &Params) -> Result<Response, Error> {
 }
 
 pub fn put_stages(request: &Request, _: &Params) -> Result<Response, Error> {
-    crate::require(perm::SETTINGS_WRITE)?;
+    keel_sdk::require(perm::SETTINGS_WRITE)?;
     let stages: Vec<Stage> = request.json()?;
     check_stages(&stages)?;
     store(STAGES_KEY, &stages)?;
@@ -233,7 +233,7 @@ fn check_name(errors: &mut FieldErrors, field: &str, name: &str) {
 }
 
 pub fn put_lost_reasons(request: &Request, _: &Params) -> Result<Response, Error> {
-    crate::require(perm::SETTINGS_WRITE)?;
+    keel_sdk::require(perm::SETTINGS_WRITE)?;
     let reasons: Vec<String> = request.json()?;
     let mut errors = FieldErrors::new();
     if reasons.is_empty() || reasons.len() > LOST_REASONS_MAX {
@@ -251,7 +251,7 @@ pub fn put_lost_reasons(request: &Request, _: &Params) -> Result<Response, Error
 }
 
 pub fn put_assignment(request: &Request, _: &Params) -> Result<Response, Error> {
-    crate::require(perm::SETTINGS_WRITE)?;
+    keel_sdk::require(perm::SETTINGS_WRITE)?;
     let mut assignment: Assignment = request.json()?;
     let mut errors = FieldErrors::new();
     if assignment.reps.len() > REPS_MAX {
