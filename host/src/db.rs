@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -16,6 +17,8 @@ use sqlx::Row as _;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
+
+use crate::audit::ChainHead;
 
 /// File name of the SQLite database inside the data directory.
 pub const SQLITE_FILE_NAME: &str = "keel.sqlite3";
@@ -100,12 +103,52 @@ pub enum Database {
 pub struct SqlitePools {
     pub reads: SqlitePool,
     pub writes: SqlitePool,
+    /// The audit chain's head as this process last committed it, so an append need not read
+    /// it first (see [`crate::audit::append_many`]).
+    chain_head: Arc<Mutex<Option<ChainHead>>>,
+}
+
+/// A SQLite transaction: the connection, and the audit chain head it will leave once committed.
+pub struct SqliteTx {
+    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    committed_head: Arc<Mutex<Option<ChainHead>>>,
+    appended_head: Option<ChainHead>,
+}
+
+impl std::fmt::Debug for SqliteTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteTx")
+            .field("appended_head", &self.appended_head)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for SqliteTx {
+    type Target = sqlx::SqliteConnection;
+
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for SqliteTx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
+}
+
+fn committed_head(cache: &Mutex<Option<ChainHead>>) -> Option<ChainHead> {
+    // A poisoned lock only means a panic elsewhere; the value is still a valid head or None.
+    cache
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
 }
 
 /// A transaction on either backend. Dropping it without [`Tx::commit`] rolls back.
 #[derive(Debug)]
 pub enum Tx {
-    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Sqlite(SqliteTx),
     Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
 }
 
@@ -194,7 +237,11 @@ impl Database {
                     .connect_with(options)
                     .await
                     .with_context(|| format!("opening the SQLite database {}", path.display()))?;
-                Ok(Self::Sqlite(SqlitePools { reads, writes }))
+                Ok(Self::Sqlite(SqlitePools {
+                    reads,
+                    writes,
+                    chain_head: Arc::default(),
+                }))
             }
             Location::Postgres(url) => {
                 let options = PgConnectOptions::from_str(url)
@@ -239,7 +286,11 @@ impl Database {
     /// writers queue instead of failing when the second tries to upgrade a read lock.
     pub async fn begin_write(&self) -> anyhow::Result<Tx> {
         Ok(match self {
-            Self::Sqlite(pools) => Tx::Sqlite(pools.writes.begin_with("BEGIN IMMEDIATE").await?),
+            Self::Sqlite(pools) => Tx::Sqlite(SqliteTx {
+                tx: pools.writes.begin_with("BEGIN IMMEDIATE").await?,
+                committed_head: pools.chain_head.clone(),
+                appended_head: None,
+            }),
             Self::Postgres(pool) => Tx::Postgres(pool.begin().await?),
         })
     }
@@ -247,7 +298,11 @@ impl Database {
     /// Starts a read-only transaction: every query in it sees the same snapshot.
     pub async fn begin_read(&self) -> anyhow::Result<Tx> {
         Ok(match self {
-            Self::Sqlite(pools) => Tx::Sqlite(pools.reads.begin().await?),
+            Self::Sqlite(pools) => Tx::Sqlite(SqliteTx {
+                tx: pools.reads.begin().await?,
+                committed_head: pools.chain_head.clone(),
+                appended_head: None,
+            }),
             Self::Postgres(pool) => Tx::Postgres(
                 pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     .await?,
@@ -315,7 +370,14 @@ impl Tx {
 
     pub async fn commit(self) -> anyhow::Result<()> {
         match self {
-            Self::Sqlite(tx) => tx.commit().await?,
+            Self::Sqlite(tx) => {
+                tx.tx.commit().await?;
+                if let Some(head) = tx.appended_head {
+                    *tx.committed_head
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(head);
+                }
+            }
             Self::Postgres(tx) => tx.commit().await?,
         }
         Ok(())
@@ -324,10 +386,43 @@ impl Tx {
     /// Undoes everything the transaction did (dropping it does the same, less explicitly).
     pub async fn rollback(self) -> anyhow::Result<()> {
         match self {
-            Self::Sqlite(tx) => tx.rollback().await?,
+            Self::Sqlite(tx) => tx.tx.rollback().await?,
             Self::Postgres(tx) => tx.rollback().await?,
         }
         Ok(())
+    }
+
+    /// The audit chain's head as this transaction would leave it, when known without asking
+    /// the database: on SQLite, the head this transaction appended, or else the one this
+    /// process last committed. The caller must detect a stale head (another process appended
+    /// since): the audit log's sequence numbers do that, as the next one is then taken.
+    /// PostgreSQL has many writers and always reads the head under a lock.
+    pub fn known_chain_head(&self) -> Option<ChainHead> {
+        match self {
+            Self::Sqlite(tx) => tx
+                .appended_head
+                .clone()
+                .or_else(|| committed_head(&tx.committed_head)),
+            Self::Postgres(_) => None,
+        }
+    }
+
+    /// Records the head an append left, for [`Tx::known_chain_head`]; it becomes the process's
+    /// committed head when the transaction commits.
+    pub fn chain_head_advanced(&mut self, head: ChainHead) {
+        if let Self::Sqlite(tx) = self {
+            tx.appended_head = Some(head);
+        }
+    }
+
+    /// Forgets the cached head once it proved stale.
+    pub fn forget_chain_head(&mut self) {
+        if let Self::Sqlite(tx) = self {
+            tx.appended_head = None;
+            *tx.committed_head
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        }
     }
 
     /// Row-lock suffix for a SELECT whose rows the transaction relies on staying unchanged until
@@ -650,6 +745,66 @@ const ROWS_PER_STATEMENT_MAX: usize = 256;
 /// to the database thread and back.
 pub fn statement_chunks<T>(items: &[T]) -> Vec<&[T]> {
     items.chunks(ROWS_PER_STATEMENT_MAX).collect()
+}
+
+/// Each chunk of `items` for a multi-row statement ([`statement_chunks`]) with its text,
+/// which `sql` writes for a row count. The texts are made first so that the queries built
+/// from them can borrow them while they run in [`execute_overlapped`].
+pub fn chunked_statements<T>(items: &[T], sql: impl Fn(usize) -> String) -> Vec<(&[T], String)> {
+    let mut texts: Vec<(usize, String)> = Vec::with_capacity(2);
+    statement_chunks(items)
+        .into_iter()
+        .map(|chunk| {
+            let text = match texts.iter().find(|(rows, _)| *rows == chunk.len()) {
+                Some((_, text)) => text.clone(),
+                None => {
+                    let text = sql(chunk.len());
+                    texts.push((chunk.len(), text.clone()));
+                    text
+                }
+            };
+            (chunk, text)
+        })
+        .collect()
+}
+
+/// The driver of `conn`, to build queries for it before it is borrowed to run them
+/// ([`query_for`]).
+pub fn driver_of<C: sqlx::Connection>(_conn: &C) -> std::marker::PhantomData<C::Database> {
+    std::marker::PhantomData
+}
+
+/// A query on the driver [`driver_of`] named.
+pub fn query_for<DB: sqlx::Database>(
+    _driver: std::marker::PhantomData<DB>,
+    sql: &str,
+) -> sqlx::query::Query<'_, DB, <DB as sqlx::Database>::Arguments<'_>> {
+    sqlx::query(sql)
+}
+
+/// Executes statements one after another on `conn`, binding each while the one before it
+/// runs. The driver executes on its own thread (SQLite) or on the server (PostgreSQL), so
+/// a long run of large inserts keeps the database busy instead of waiting on the binding.
+pub async fn execute_overlapped<'q, DB, I>(
+    conn: &mut DB::Connection,
+    mut statements: I,
+) -> anyhow::Result<()>
+where
+    DB: sqlx::Database,
+    I: Iterator<Item = sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>>,
+    <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    let mut next = statements.next();
+    while let Some(statement) = next {
+        // `join` polls the execution first: its first poll hands the statement to the driver,
+        // and the next one is bound while it runs.
+        let (executed, following) =
+            futures::future::join(statement.execute(&mut *conn), async { statements.next() }).await;
+        executed?;
+        next = following;
+    }
+    Ok(())
 }
 
 /// A unique constraint, named the way each backend reports it: PostgreSQL by constraint name,

@@ -310,6 +310,28 @@ on_both_backends! {
         assert_eq!(verification.body["intact"], true, "{}", verification.text);
     }
 
+    async fn appends_from_another_process_are_chained_into_not_overwritten(app: TestApp) {
+        // A second `keel` on the same database (the CLI next to a running server) appends in
+        // between; the server's next append must chain after it.
+        app.post_simple("2025-04-02", "1020", "4000", "1.00").await;
+        let other = keel_host::db::Database::open(&app.database.location).await.expect("a second connection");
+        for n in 0..3 {
+            let mut tx = other.begin_write().await.expect("a transaction");
+            let event = keel_host::audit::Event::new(None, "test:append", "test", n, serde_json::json!({ "n": n }));
+            keel_host::audit::append(&mut tx, &Origin::system(), &[event]).await.expect("appended");
+            tx.commit().await.expect("committed");
+        }
+        other.close().await;
+        let id = app.post_simple("2025-04-03", "1020", "4000", "2.00").await;
+        let records = audit_records(&app, &format!("object_type=ledger.entry&object_id={id}")).await;
+        assert_eq!(records.len(), 1, "{records:?}");
+        let verification = keel_host::audit::verify(&app.state.db).await.expect("verified");
+        assert_eq!(verification.first_broken, None);
+        let others = audit_records(&app, "action=test:append").await;
+        assert_eq!(others.len(), 3);
+        assert!(records[0]["seq"].as_i64() > others.iter().map(|r| r["seq"].as_i64()).max().flatten());
+    }
+
     async fn the_audit_table_refuses_updates_and_deletes(app: TestApp) {
         app.post_simple("2025-04-02", "1020", "4000", "1.00").await;
         for sql in ["UPDATE audit_log SET action = 'forged' WHERE seq = 1", "DELETE FROM audit_log WHERE seq = 1"] {

@@ -136,27 +136,69 @@ pub async fn append(tx: &mut Tx, origin: &Origin, events: &[Event]) -> anyhow::R
     append_many(tx, &items).await
 }
 
+/// The last record of the chain: its sequence number and hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainHead {
+    pub seq: i64,
+    pub hash: String,
+}
+
 /// Like [`append`], for events of several origins (the requests of one commit group).
+///
+/// On SQLite the head this process committed last is used without reading it again. Should
+/// another process have appended since, the first new sequence number is taken already and the
+/// insert fails on the log's primary key, without harm to the transaction (SQLite undoes only
+/// the failed statement): the head is then read and the records chained again.
 pub async fn append_many(tx: &mut Tx, events: &[(&Origin, Event)]) -> anyhow::Result<()> {
     if events.is_empty() {
         return Ok(());
     }
-    // Locking the head serializes appends from concurrent transactions (and processes).
+    let occurred_at = timestamp(Utc::now());
+    if let Some(head) = tx.known_chain_head() {
+        let records = chain(&head, &occurred_at, events);
+        match insert_records(tx, &records).await {
+            Ok(head) => {
+                tx.chain_head_advanced(head);
+                return Ok(());
+            }
+            Err(error) if SEQ_TAKEN.is_violated_by(&error) => tx.forget_chain_head(),
+            Err(error) => return Err(error),
+        }
+    }
+    let head = read_head(tx).await?;
+    let records = chain(&head, &occurred_at, events);
+    let head = insert_records(tx, &records).await?;
+    tx.chain_head_advanced(head);
+    Ok(())
+}
+
+/// The audit log's primary key: a sequence number someone else appended first.
+const SEQ_TAKEN: crate::db::UniqueConstraint = crate::db::UniqueConstraint {
+    postgres_name: "audit_log_pkey",
+    sqlite_columns: "audit_log.seq",
+};
+
+/// Reads the head, locking it: this serializes appends from concurrent transactions (and
+/// processes).
+async fn read_head(tx: &mut Tx) -> anyhow::Result<ChainHead> {
     let lock = tx.lock_for_update();
-    let (mut seq, mut prev_hash): (i64, String) = on_conn!(tx, conn => {
+    Ok(on_conn!(tx, conn => {
         let row = sqlx::query(&format!("SELECT last_seq, last_hash FROM audit_chain_head WHERE id = 1{lock}"))
             .fetch_one(&mut *conn)
             .await?;
         use crate::db::Row as _;
-        (row.int("last_seq")?, row.text("last_hash")?)
-    });
-    let occurred_at = timestamp(Utc::now());
+        ChainHead { seq: row.int("last_seq")?, hash: row.text("last_hash")? }
+    }))
+}
+
+/// The records of `events`, hashed in order after `head`.
+fn chain(head: &ChainHead, occurred_at: &str, events: &[(&Origin, Event)]) -> Vec<Record> {
+    let mut prev_hash = head.hash.clone();
     let mut records = Vec::with_capacity(events.len());
-    for (origin, event) in events {
-        seq += 1;
+    for (seq, (origin, event)) in (head.seq + 1..).zip(events) {
         let mut record = Record {
             seq,
-            occurred_at: occurred_at.clone(),
+            occurred_at: occurred_at.to_owned(),
             company_id: event.company_id,
             actor_user_id: origin.actor.user_id,
             actor_plugin: origin.actor.plugin.clone(),
@@ -166,23 +208,51 @@ pub async fn append_many(tx: &mut Tx, events: &[(&Origin, Event)]) -> anyhow::Re
             change: event.change.clone(),
             request_id: origin.request_id.clone(),
             idempotency_key: origin.idempotency_key.clone(),
-            prev_hash: prev_hash.clone(),
+            prev_hash,
             hash: String::new(),
         };
         record.hash = record.compute_hash();
         prev_hash = record.hash.clone();
         records.push(record);
     }
+    records
+}
+
+/// Inserts the records and moves the head to the last of them; returns the new head. On
+/// SQLite the head moves in the same round trip as the last insert.
+async fn insert_records(tx: &mut Tx, records: &[Record]) -> anyhow::Result<ChainHead> {
     const COLUMNS: usize = 13;
-    for chunk in crate::db::statement_chunks(&records) {
-        let sql = format!(
+    const MOVE_HEAD: &str =
+        "UPDATE audit_chain_head SET last_seq = $1, last_hash = $2 WHERE id = 1";
+    let head = records.last().map(|last| ChainHead {
+        seq: last.seq,
+        hash: last.hash.clone(),
+    });
+    let Some(head) = head else {
+        anyhow::bail!("no audit records to insert");
+    };
+    let backend = tx.backend();
+    let mut statements = crate::db::chunked_statements(records, |rows| {
+        format!(
             "INSERT INTO audit_log (seq, occurred_at, company_id, actor_user_id, actor_plugin, action, \
              object_type, object_id, change, request_id, idempotency_key, prev_hash, hash) VALUES {}",
-            tx.backend().values_list(chunk.len(), COLUMNS)
-        );
-        on_conn!(tx, conn => {
-            let mut query = sqlx::query(&sql);
-            for r in chunk {
+            backend.values_list(rows, COLUMNS)
+        )
+    });
+    // SQLite runs several statements of one query in one call, taking the parameters in order:
+    // the head moves with the last insert. PostgreSQL takes one statement per query.
+    let last = statements.len() - 1;
+    if backend == crate::db::Backend::Sqlite {
+        statements[last].1.push_str("; ");
+        statements[last]
+            .1
+            .push_str(&MOVE_HEAD.replace("$1", "?").replace("$2", "?"));
+    }
+    on_conn!(tx, conn => {
+        let driver = crate::db::driver_of(&*conn);
+        let inserts = statements.iter().enumerate().map(|(index, (chunk, sql))| {
+            let mut query = crate::db::query_for(driver, sql);
+            for r in *chunk {
                 query = query
                     .bind(r.seq)
                     .bind(&r.occurred_at)
@@ -198,18 +268,24 @@ pub async fn append_many(tx: &mut Tx, events: &[(&Origin, Event)]) -> anyhow::Re
                     .bind(&r.prev_hash)
                     .bind(&r.hash);
             }
-            query.execute(&mut *conn).await?;
+            if backend == crate::db::Backend::Sqlite && index == last {
+                query = query.bind(head.seq).bind(&head.hash);
+            }
+            query
+        });
+        crate::db::execute_overlapped(conn, inserts).await?;
+    });
+    if backend == crate::db::Backend::Postgres {
+        on_conn!(tx, conn => {
+            sqlx::query(MOVE_HEAD)
+                .bind(head.seq)
+                .bind(&head.hash)
+                .execute(&mut *conn)
+                .await?;
         });
     }
-    on_conn!(tx, conn => {
-        sqlx::query("UPDATE audit_chain_head SET last_seq = $1, last_hash = $2 WHERE id = 1")
-            .bind(seq)
-            .bind(&prev_hash)
-            .execute(&mut *conn)
-            .await?;
-    });
     metrics::counter!("keel_audit_records_total").increment(records.len() as u64);
-    Ok(())
+    Ok(head)
 }
 
 /// Records a security event (a failed login, a denied permission) in its own transaction: the

@@ -12,7 +12,7 @@ use super::entries::{self, EntryView};
 use super::model::{EntryDraft, EntryKind};
 use crate::audit::{self, Event, Origin};
 use crate::company::Company;
-use crate::db::{Database, Row, SqlDate, Tx, statement_chunks};
+use crate::db::{Database, Param, Row, SqlDate, Tx};
 use crate::error::{Error, FieldError, Result, join_path};
 use crate::idempotency::{self, RequestKey, StoredResponse};
 use crate::on_conn;
@@ -105,22 +105,32 @@ async fn load_lookups(tx: &mut Tx, company: &Company, jobs: &[Job<'_>]) -> anyho
         .collect();
     let lock = tx.lock_for_share();
     for chunk in codes.chunks(KEYS_PER_QUERY_MAX) {
-        let sql = format!(
+        // Packed into one value: a batch reads hundreds of accounts, and drivers hand rows
+        // over one at a time.
+        let select = format!(
             "SELECT id, code, currency, active FROM ledger_accounts WHERE company_id = $1 AND code IN {}{lock}",
             tx.backend().placeholders(2, chunk.len())
         );
-        on_conn!(tx, conn => {
-            let mut query = sqlx::query(&sql).bind(company.id);
-            for code in chunk {
-                query = query.bind(*code);
-            }
-            for row in query.fetch_all(&mut *conn).await? {
-                lookups.accounts.insert(
-                    row.text("code")?,
-                    AccountRow { id: row.int("id")?, currency: row.opt_text("currency")?, active: row.flag("active")? },
-                );
-            }
-        });
+        let params: Vec<Param> = std::iter::once(Param::Int(Some(company.id)))
+            .chain(
+                chunk
+                    .iter()
+                    .map(|code| Param::Text(Some((*code).to_owned()))),
+            )
+            .collect();
+        for row in tx
+            .fetch_packed(&select, &["id", "code", "currency", "active"], &params)
+            .await?
+        {
+            lookups.accounts.insert(
+                row.text(1)?,
+                AccountRow {
+                    id: row.int(0)?,
+                    currency: row.opt_text(2)?,
+                    active: row.flag(3)?,
+                },
+            );
+        }
     }
 
     if let (Some(first), Some(last)) = (
@@ -561,95 +571,25 @@ async fn allocate_entry_ids(tx: &mut Tx, count: usize) -> anyhow::Result<Vec<i64
     })
 }
 
-/// Inserts the entries, their lines and the balance changes. The inner error reports sums
-/// that do not fit the balance columns.
-async fn write_entries(
-    tx: &mut Tx,
-    company: &Company,
+/// Keys of the running balances: sorted, so that concurrent writers on PostgreSQL lock balance
+/// rows in the same order.
+type PeriodBalances<'a> = BTreeMap<(NaiveDate, i64, &'a str, bool), Sums>;
+type TotalBalances<'a> = BTreeMap<(i64, &'a str), (Sums, NaiveDate)>;
+
+/// The balance changes of `lines`: per day, per month and in total, per account and currency.
+/// Fails, before anything is written, when a sum does not fit the balance columns.
+#[allow(
+    clippy::type_complexity,
+    reason = "the three maps are named by their aliases"
+)]
+fn balance_changes<'a>(
     lookups: &Lookups,
-    drafts: &[&EntryDraft],
-    ids: &[i64],
-    posters: &[Option<i64>],
-    posted_at: DateTime<Utc>,
-) -> anyhow::Result<Result<(), String>> {
-    if drafts.is_empty() {
-        return Ok(Ok(()));
-    }
-    const ENTRY_COLUMNS: usize = 12;
-    let numbered: Vec<((&&EntryDraft, &i64), &Option<i64>)> =
-        drafts.iter().zip(ids).zip(posters).collect();
-    for chunk in statement_chunks(&numbered) {
-        let sql = format!(
-            "INSERT INTO ledger_entries (id, company_id, entry_date, memo, kind, source_module, source_document, \
-             reverses_entry_id, idempotency_key, request_fingerprint, posted_at, posted_by) VALUES {}",
-            tx.backend().values_list(chunk.len(), ENTRY_COLUMNS)
-        );
-        on_conn!(tx, conn => {
-            let mut query = sqlx::query(&sql);
-            for ((draft, id), poster) in chunk {
-                query = query
-                    .bind(id)
-                    .bind(company.id)
-                    .bind(SqlDate(draft.date))
-                    .bind(&draft.memo)
-                    .bind(draft.kind.as_str())
-                    .bind(draft.source.as_ref().map(|s| s.module.as_str()))
-                    .bind(draft.source.as_ref().map(|s| s.document.as_str()))
-                    .bind(draft.reverses)
-                    .bind(draft.idempotency_key.as_deref())
-                    .bind(draft.fingerprint.as_deref())
-                    .bind(posted_at)
-                    .bind(**poster);
-            }
-            query.execute(&mut *conn).await?;
-        });
-    }
-
-    const LINE_COLUMNS: usize = 12;
-    let lines: Vec<(i64, usize, &EntryDraft, &super::model::LineDraft)> = drafts
-        .iter()
-        .zip(ids)
-        .flat_map(|(draft, id)| {
-            draft
-                .lines
-                .iter()
-                .enumerate()
-                .map(move |(n, line)| (*id, n + 1, *draft, line))
-        })
-        .collect();
-    for chunk in statement_chunks(&lines) {
-        let sql = format!(
-            "INSERT INTO ledger_lines (entry_id, line_no, company_id, account_id, entry_date, currency, \
-             amount_minor, rate, base_amount_minor, party_id, memo, dimensions) VALUES {}",
-            tx.backend().values_list(chunk.len(), LINE_COLUMNS)
-        );
-        on_conn!(tx, conn => {
-            let mut query = sqlx::query(&sql);
-            for (entry_id, line_no, draft, line) in chunk {
-                let account_id = lookups.accounts[line.account.as_str()].id;
-                query = query
-                    .bind(entry_id)
-                    .bind(i64::try_from(*line_no).unwrap_or(i64::MAX))
-                    .bind(company.id)
-                    .bind(account_id)
-                    .bind(SqlDate(draft.date))
-                    .bind(line.currency.code)
-                    .bind(line.amount_minor)
-                    .bind(line.rate.map(|r| r.to_string()))
-                    .bind(line.base_amount_minor)
-                    .bind(line.party)
-                    .bind(line.memo.as_deref())
-                    .bind((!line.dimensions.is_empty()).then_some(sqlx::types::Json(&line.dimensions)));
-            }
-            query.execute(&mut *conn).await?;
-        });
-    }
-
-    // Sorted keys: concurrent writers on PostgreSQL lock balance rows in the same order.
-    let mut daily: BTreeMap<(NaiveDate, i64, &str, bool), Sums> = BTreeMap::new();
-    let mut monthly: BTreeMap<(NaiveDate, i64, &str, bool), Sums> = BTreeMap::new();
-    let mut totals: BTreeMap<(i64, &str), (Sums, NaiveDate)> = BTreeMap::new();
-    for (_, _, draft, line) in &lines {
+    lines: &[(i64, usize, &EntryDraft, &'a super::model::LineDraft)],
+) -> Result<(PeriodBalances<'a>, PeriodBalances<'a>, TotalBalances<'a>), String> {
+    let mut daily = PeriodBalances::new();
+    let mut monthly = PeriodBalances::new();
+    let mut totals = TotalBalances::new();
+    for (_, _, draft, line) in lines {
         let account_id = lookups.accounts[line.account.as_str()].id;
         let closing = draft.kind == EntryKind::Closing;
         let code = line.currency.code;
@@ -671,51 +611,98 @@ async fn write_entries(
                 sums.add(line.amount_minor, line.base_amount_minor)
             });
         if added.is_none() {
-            return Ok(Err(
+            return Err(
                 "the amounts of this request add up to more than a balance can hold".into(),
-            ));
+            );
         }
     }
-    for (table, period_column, rows) in [
-        ("ledger_balances_daily", "day", &daily),
-        ("ledger_balances_monthly", "month", &monthly),
-    ] {
-        const COLUMNS: usize = 9;
-        let rows: Vec<_> = rows.iter().collect();
-        for chunk in statement_chunks(&rows) {
-            let sql = format!(
-                "INSERT INTO {table} AS b (company_id, day_or_month, account_id, currency, closing, debit_minor, \
-                 credit_minor, base_debit_minor, base_credit_minor) VALUES {} \
-                 ON CONFLICT (company_id, day_or_month, account_id, currency, closing) DO UPDATE SET \
-                 debit_minor = b.debit_minor + excluded.debit_minor, \
-                 credit_minor = b.credit_minor + excluded.credit_minor, \
-                 base_debit_minor = b.base_debit_minor + excluded.base_debit_minor, \
-                 base_credit_minor = b.base_credit_minor + excluded.base_credit_minor",
-                tx.backend().values_list(chunk.len(), COLUMNS)
-            )
-            .replace("day_or_month", period_column);
-            on_conn!(tx, conn => {
-                let mut query = sqlx::query(&sql);
-                for ((date, account_id, currency, closing), sums) in chunk {
-                    query = query
-                        .bind(company.id)
-                        .bind(SqlDate(*date))
-                        .bind(account_id)
-                        .bind(*currency)
-                        .bind(closing)
-                        .bind(sums.debit)
-                        .bind(sums.credit)
-                        .bind(sums.base_debit)
-                        .bind(sums.base_credit);
-                }
-                query.execute(&mut *conn).await?;
-            });
-        }
+    Ok((daily, monthly, totals))
+}
+
+/// The upserts of daily or monthly balance changes, with their rows.
+#[allow(clippy::type_complexity, reason = "a balance key and its sums")]
+fn period_statements<'a>(
+    backend: crate::db::Backend,
+    table: &str,
+    period_column: &str,
+    rows: &PeriodBalances<'a>,
+) -> Vec<(Vec<((NaiveDate, i64, &'a str, bool), Sums)>, String)> {
+    const PERIOD_COLUMNS: usize = 9;
+    let rows: Vec<((NaiveDate, i64, &str, bool), Sums)> =
+        rows.iter().map(|(key, sums)| (*key, *sums)).collect();
+    crate::db::chunked_statements(&rows, |count| {
+        format!(
+            "INSERT INTO {table} AS b (company_id, {period_column}, account_id, currency, closing, debit_minor, \
+             credit_minor, base_debit_minor, base_credit_minor) VALUES {} \
+             ON CONFLICT (company_id, {period_column}, account_id, currency, closing) DO UPDATE SET \
+             debit_minor = b.debit_minor + excluded.debit_minor, \
+             credit_minor = b.credit_minor + excluded.credit_minor, \
+             base_debit_minor = b.base_debit_minor + excluded.base_debit_minor, \
+             base_credit_minor = b.base_credit_minor + excluded.base_credit_minor",
+            backend.values_list(count, PERIOD_COLUMNS)
+        )
+    })
+    .into_iter()
+    .map(|(chunk, sql)| (chunk.to_vec(), sql))
+    .collect()
+}
+
+/// Inserts the entries, their lines and the balance changes. The inner error reports sums
+/// that do not fit the balance columns; then nothing is written.
+async fn write_entries(
+    tx: &mut Tx,
+    company: &Company,
+    lookups: &Lookups,
+    drafts: &[&EntryDraft],
+    ids: &[i64],
+    posters: &[Option<i64>],
+    posted_at: DateTime<Utc>,
+) -> anyhow::Result<Result<(), String>> {
+    if drafts.is_empty() {
+        return Ok(Ok(()));
     }
+    let lines: Vec<(i64, usize, &EntryDraft, &super::model::LineDraft)> = drafts
+        .iter()
+        .zip(ids)
+        .flat_map(|(draft, id)| {
+            draft
+                .lines
+                .iter()
+                .enumerate()
+                .map(move |(n, line)| (*id, n + 1, *draft, line))
+        })
+        .collect();
+    let (daily, monthly, totals) = match balance_changes(lookups, &lines) {
+        Ok(changes) => changes,
+        Err(message) => return Ok(Err(message)),
+    };
+    let backend = tx.backend();
+
+    const ENTRY_COLUMNS: usize = 12;
+    let numbered: Vec<((&&EntryDraft, &i64), &Option<i64>)> =
+        drafts.iter().zip(ids).zip(posters).collect();
+    let entry_statements = crate::db::chunked_statements(&numbered, |rows| {
+        format!(
+            "INSERT INTO ledger_entries (id, company_id, entry_date, memo, kind, source_module, source_document, \
+             reverses_entry_id, idempotency_key, request_fingerprint, posted_at, posted_by) VALUES {}",
+            backend.values_list(rows, ENTRY_COLUMNS)
+        )
+    });
+    const LINE_COLUMNS: usize = 12;
+    let line_statements = crate::db::chunked_statements(&lines, |rows| {
+        format!(
+            "INSERT INTO ledger_lines (entry_id, line_no, company_id, account_id, entry_date, currency, \
+             amount_minor, rate, base_amount_minor, party_id, memo, dimensions) VALUES {}",
+            backend.values_list(rows, LINE_COLUMNS)
+        )
+    });
+    let daily_statements = period_statements(backend, "ledger_balances_daily", "day", &daily);
+    let monthly_statements =
+        period_statements(backend, "ledger_balances_monthly", "month", &monthly);
     const TOTAL_COLUMNS: usize = 8;
-    let rows: Vec<_> = totals.iter().collect();
-    for chunk in statement_chunks(&rows) {
-        let sql = format!(
+    let totals: Vec<_> = totals.iter().collect();
+    let total_statements = crate::db::chunked_statements(&totals, |rows| {
+        format!(
             "INSERT INTO ledger_balances AS b (company_id, account_id, currency, last_day, debit_minor, credit_minor, \
              base_debit_minor, base_credit_minor) VALUES {} \
              ON CONFLICT (company_id, account_id, currency) DO UPDATE SET \
@@ -724,14 +711,72 @@ async fn write_entries(
              credit_minor = b.credit_minor + excluded.credit_minor, \
              base_debit_minor = b.base_debit_minor + excluded.base_debit_minor, \
              base_credit_minor = b.base_credit_minor + excluded.base_credit_minor",
-            tx.backend().values_list(chunk.len(), TOTAL_COLUMNS)
-        );
-        on_conn!(tx, conn => {
-            let mut query = sqlx::query(&sql);
-            for ((account_id, currency), (sums, last_day)) in chunk {
+            backend.values_list(rows, TOTAL_COLUMNS)
+        )
+    });
+
+    on_conn!(tx, conn => {
+        let driver = crate::db::driver_of(&*conn);
+        let entries = entry_statements.iter().map(|(chunk, sql)| {
+            let mut query = crate::db::query_for(driver, sql);
+            for ((draft, id), poster) in *chunk {
+                query = query
+                    .bind(**id)
+                    .bind(company.id)
+                    .bind(SqlDate(draft.date))
+                    .bind(&draft.memo)
+                    .bind(draft.kind.as_str())
+                    .bind(draft.source.as_ref().map(|s| s.module.as_str()))
+                    .bind(draft.source.as_ref().map(|s| s.document.as_str()))
+                    .bind(draft.reverses)
+                    .bind(draft.idempotency_key.as_deref())
+                    .bind(draft.fingerprint.as_deref())
+                    .bind(posted_at)
+                    .bind(**poster);
+            }
+            query
+        });
+        let lines = line_statements.iter().map(|(chunk, sql)| {
+            let mut query = crate::db::query_for(driver, sql);
+            for (entry_id, line_no, draft, line) in *chunk {
+                query = query
+                    .bind(*entry_id)
+                    .bind(i64::try_from(*line_no).unwrap_or(i64::MAX))
+                    .bind(company.id)
+                    .bind(lookups.accounts[line.account.as_str()].id)
+                    .bind(SqlDate(draft.date))
+                    .bind(line.currency.code)
+                    .bind(line.amount_minor)
+                    .bind(line.rate.map(|r| r.to_string()))
+                    .bind(line.base_amount_minor)
+                    .bind(line.party)
+                    .bind(line.memo.as_deref())
+                    .bind((!line.dimensions.is_empty()).then_some(sqlx::types::Json(&line.dimensions)));
+            }
+            query
+        });
+        let periods = daily_statements.iter().chain(&monthly_statements).map(|(chunk, sql)| {
+            let mut query = crate::db::query_for(driver, sql);
+            for ((date, account_id, currency, closing), sums) in chunk {
                 query = query
                     .bind(company.id)
-                    .bind(account_id)
+                    .bind(SqlDate(*date))
+                    .bind(*account_id)
+                    .bind(*currency)
+                    .bind(*closing)
+                    .bind(sums.debit)
+                    .bind(sums.credit)
+                    .bind(sums.base_debit)
+                    .bind(sums.base_credit);
+            }
+            query
+        });
+        let totals = total_statements.iter().map(|(chunk, sql)| {
+            let mut query = crate::db::query_for(driver, sql);
+            for ((account_id, currency), (sums, last_day)) in *chunk {
+                query = query
+                    .bind(company.id)
+                    .bind(*account_id)
                     .bind(*currency)
                     .bind(SqlDate(*last_day))
                     .bind(sums.debit)
@@ -739,9 +784,10 @@ async fn write_entries(
                     .bind(sums.base_debit)
                     .bind(sums.base_credit);
             }
-            query.execute(&mut *conn).await?;
+            query
         });
-    }
+        crate::db::execute_overlapped(conn, entries.chain(lines).chain(periods).chain(totals)).await?;
+    });
     Ok(Ok(()))
 }
 
