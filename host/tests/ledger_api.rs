@@ -3,7 +3,7 @@
 mod common;
 
 use common::simple_entry;
-use serde_json::json;
+use serde_json::{Value, json};
 
 on_both_backends! {
     async fn a_balanced_entry_posts_and_reads_back(app: TestApp) {
@@ -259,6 +259,65 @@ on_both_backends! {
         let conflict = app.post("/api/v1/ledger/entries:batch", json!({ "entries": [changed] })).await;
         conflict.assert_problem(409, &[]);
         assert_eq!(app.row_counts().await, (3, 6));
+    }
+
+    async fn a_large_batch_is_written_whole_with_its_lines_balances_and_audit_records(app: TestApp) {
+        // Large enough for SQLite's direct write path (a thousand rows and more), for the
+        // entries and for their audit records.
+        let entries: Vec<Value> = (0..1100)
+            .map(|n| {
+                let mut entry = simple_entry(&format!("2025-09-{:02}", 1 + n % 28), "1020", "4000", &format!("{}.{:02}", 10 + n, n % 100));
+                entry["lines"][0]["dimensions"] = json!({ "project": format!("p{}", n % 3) });
+                entry["lines"][1]["memo"] = json!(format!("sale {n}"));
+                if n % 50 == 0 {
+                    entry["idempotency_key"] = json!(format!("large-{n}"));
+                }
+                entry
+            })
+            .collect();
+        let expected_cents: i64 = (0..1100).map(|n| (10 + n) * 100 + n % 100).sum();
+        let expected = format!("{}.{:02}", expected_cents / 100, expected_cents % 100);
+        let batch = app.post("/api/v1/ledger/entries:batch", json!({ "entries": entries })).await;
+        assert_eq!(batch.status, 201, "{}", batch.text);
+        let ids: Vec<i64> = batch.body["entries"].as_array().expect("entries").iter().map(|e| e["id"].as_i64().expect("id")).collect();
+        assert_eq!(ids.len(), 1100);
+        assert_eq!(app.row_counts().await, (1100, 2200));
+
+        let entry = app.get(&format!("/api/v1/ledger/entries/{}", ids[1099])).await;
+        assert_eq!(entry.status, 200, "{}", entry.text);
+        assert_eq!(entry.body["date"], "2025-09-08");
+        assert_eq!(entry.body["lines"][0]["dimensions"]["project"], "p1");
+        assert_eq!(entry.body["lines"][1]["memo"], "sale 1099");
+        assert_eq!(entry.body["lines"][1]["credit"], "1109.99");
+
+        for as_of in ["2025-09-30", "2025-12-31"] {
+            let balance = app.get(&format!("/api/v1/ledger/trial-balance?as_of={as_of}")).await;
+            assert_eq!(balance.body["total_debit"], expected.as_str(), "{}", balance.text);
+            assert_eq!(balance.body["balanced"], true);
+        }
+        // Mid-month: the daily balances of the first fourteen days.
+        let mid: i64 = (0..1100).filter(|n| n % 28 < 14).map(|n| (10 + n) * 100 + n % 100).sum();
+        let balance = app.get("/api/v1/ledger/trial-balance?as_of=2025-09-14").await;
+        assert_eq!(balance.body["total_debit"], format!("{}.{:02}", mid / 100, mid % 100).as_str());
+
+        // The keyed entries are recognised when the batch comes again; nothing is written twice.
+        let keyed: Vec<Value> = (0..1100).step_by(50).map(|n| {
+            let mut entry = simple_entry(&format!("2025-09-{:02}", 1 + n % 28), "1020", "4000", &format!("{}.{:02}", 10 + n, n % 100));
+            entry["lines"][0]["dimensions"] = json!({ "project": format!("p{}", n % 3) });
+            entry["lines"][1]["memo"] = json!(format!("sale {n}"));
+            entry["idempotency_key"] = json!(format!("large-{n}"));
+            entry
+        }).collect();
+        let again = app.post("/api/v1/ledger/entries:batch", json!({ "entries": keyed })).await;
+        assert_eq!(again.status, 200, "{}", again.text);
+        assert_eq!(again.body["entries"][1]["id"], ids[50]);
+        assert_eq!(app.row_counts().await, (1100, 2200));
+
+        let last = app.get(&format!("/api/v1/audit?object_type=ledger.entry&object_id={}", ids[1099])).await;
+        assert_eq!(last.body["records"][0]["action"], "ledger.entries:post", "{}", last.text);
+        let verification = app.get("/api/v1/audit/verification").await;
+        assert_eq!(verification.body["first_broken"], Value::Null, "{}", verification.text);
+        assert!(verification.body["records"].as_u64() > Some(1100), "{}", verification.text);
     }
 
     async fn foreign_currency_lines_carry_rates_and_report_in_base(app: TestApp) {

@@ -315,21 +315,34 @@ on_both_backends! {
         // between; the server's next append must chain after it.
         app.post_simple("2025-04-02", "1020", "4000", "1.00").await;
         let other = keel_host::db::Database::open(&app.database.location).await.expect("a second connection");
-        for n in 0..3 {
-            let mut tx = other.begin_write().await.expect("a transaction");
-            let event = keel_host::audit::Event::new(None, "test:append", "test", n, serde_json::json!({ "n": n }));
-            keel_host::audit::append(&mut tx, &Origin::system(), &[event]).await.expect("appended");
-            tx.commit().await.expect("committed");
-        }
-        other.close().await;
+        let append_elsewhere = async |round: i64| {
+            for n in 0..3 {
+                let mut tx = other.begin_write().await.expect("a transaction");
+                let event = keel_host::audit::Event::new(None, "test:append", "test", round * 10 + n, serde_json::json!({ "n": n }));
+                keel_host::audit::append(&mut tx, &Origin::system(), &[event]).await.expect("appended");
+                tx.commit().await.expect("committed");
+            }
+        };
+        append_elsewhere(1).await;
         let id = app.post_simple("2025-04-03", "1020", "4000", "2.00").await;
+        // Again before a batch large enough for SQLite's direct write path.
+        append_elsewhere(2).await;
+        let entries: Vec<serde_json::Value> = (0..1000).map(|_| simple_entry("2025-04-04", "1020", "4000", "3.00")).collect();
+        let batch = app.post("/api/v1/ledger/entries:batch", json!({ "entries": entries })).await;
+        assert_eq!(batch.status, 201, "{}", batch.text);
+        other.close().await;
+
         let records = audit_records(&app, &format!("object_type=ledger.entry&object_id={id}")).await;
         assert_eq!(records.len(), 1, "{records:?}");
         let verification = keel_host::audit::verify(&app.state.db).await.expect("verified");
         assert_eq!(verification.first_broken, None);
         let others = audit_records(&app, "action=test:append").await;
-        assert_eq!(others.len(), 3);
-        assert!(records[0]["seq"].as_i64() > others.iter().map(|r| r["seq"].as_i64()).max().flatten());
+        assert_eq!(others.len(), 6);
+        let first_elsewhere = others.iter().filter_map(|r| r["seq"].as_i64()).min();
+        assert!(records[0]["seq"].as_i64() > first_elsewhere);
+        let last_entry = batch.body["entries"][999]["id"].as_i64().expect("an id");
+        let last = audit_records(&app, &format!("object_type=ledger.entry&object_id={last_entry}")).await;
+        assert!(last[0]["seq"].as_i64() > others.iter().filter_map(|r| r["seq"].as_i64()).max());
     }
 
     async fn the_audit_table_refuses_updates_and_deletes(app: TestApp) {

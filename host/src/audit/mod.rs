@@ -218,72 +218,49 @@ fn chain(head: &ChainHead, occurred_at: &str, events: &[(&Origin, Event)]) -> Ve
     records
 }
 
-/// Inserts the records and moves the head to the last of them; returns the new head. On
-/// SQLite the head moves in the same round trip as the last insert.
+/// Inserts the records and moves the head to the last of them; returns the new head.
 async fn insert_records(tx: &mut Tx, records: &[Record]) -> anyhow::Result<ChainHead> {
-    const COLUMNS: usize = 13;
-    const MOVE_HEAD: &str =
-        "UPDATE audit_chain_head SET last_seq = $1, last_hash = $2 WHERE id = 1";
-    let head = records.last().map(|last| ChainHead {
-        seq: last.seq,
-        hash: last.hash.clone(),
-    });
-    let Some(head) = head else {
+    use crate::db::rows::{self, Value, Write};
+    let Some(last) = records.last() else {
         anyhow::bail!("no audit records to insert");
     };
-    let backend = tx.backend();
-    let mut statements = crate::db::chunked_statements(records, |rows| {
-        format!(
-            "INSERT INTO audit_log (seq, occurred_at, company_id, actor_user_id, actor_plugin, action, \
-             object_type, object_id, change, request_id, idempotency_key, prev_hash, hash) VALUES {}",
-            backend.values_list(rows, COLUMNS)
-        )
-    });
-    // SQLite runs several statements of one query in one call, taking the parameters in order:
-    // the head moves with the last insert. PostgreSQL takes one statement per query.
-    let last = statements.len() - 1;
-    if backend == crate::db::Backend::Sqlite {
-        statements[last].1.push_str("; ");
-        statements[last]
-            .1
-            .push_str(&MOVE_HEAD.replace("$1", "?").replace("$2", "?"));
+    let head = ChainHead {
+        seq: last.seq,
+        hash: last.hash.clone(),
+    };
+    let mut values = Vec::with_capacity(records.len() * 13);
+    for r in records {
+        values.extend([
+            Value::Int(Some(r.seq)),
+            Value::Text(Some(&r.occurred_at)),
+            Value::Int(r.company_id),
+            Value::Int(r.actor_user_id),
+            Value::Text(r.actor_plugin.as_deref()),
+            Value::Text(Some(&r.action)),
+            Value::Text(Some(&r.object_type)),
+            Value::Text(Some(&r.object_id)),
+            Value::Text(Some(&r.change)),
+            Value::Text(r.request_id.as_deref()),
+            Value::Text(r.idempotency_key.as_deref()),
+            Value::Text(Some(&r.prev_hash)),
+            Value::Text(Some(&r.hash)),
+        ]);
     }
-    on_conn!(tx, conn => {
-        let driver = crate::db::driver_of(&*conn);
-        let inserts = statements.iter().enumerate().map(|(index, (chunk, sql))| {
-            let mut query = crate::db::query_for(driver, sql);
-            for r in *chunk {
-                query = query
-                    .bind(r.seq)
-                    .bind(&r.occurred_at)
-                    .bind(r.company_id)
-                    .bind(r.actor_user_id)
-                    .bind(r.actor_plugin.as_deref())
-                    .bind(&r.action)
-                    .bind(&r.object_type)
-                    .bind(&r.object_id)
-                    .bind(&r.change)
-                    .bind(r.request_id.as_deref())
-                    .bind(r.idempotency_key.as_deref())
-                    .bind(&r.prev_hash)
-                    .bind(&r.hash);
-            }
-            if backend == crate::db::Backend::Sqlite && index == last {
-                query = query.bind(head.seq).bind(&head.hash);
-            }
-            query
-        });
-        crate::db::execute_overlapped(conn, inserts).await?;
-    });
-    if backend == crate::db::Backend::Postgres {
-        on_conn!(tx, conn => {
-            sqlx::query(MOVE_HEAD)
-                .bind(head.seq)
-                .bind(&head.hash)
-                .execute(&mut *conn)
-                .await?;
-        });
-    }
+    let writes = [
+        Write::Rows {
+            insert: "INSERT INTO audit_log (seq, occurred_at, company_id, actor_user_id, actor_plugin, action, \
+                     object_type, object_id, change, request_id, idempotency_key, prev_hash, hash)"
+                .to_owned(),
+            columns: 13,
+            tail: String::new(),
+            values,
+        },
+        Write::Once {
+            sql: "UPDATE audit_chain_head SET last_seq = $1, last_hash = $2 WHERE id = 1",
+            values: vec![Value::Int(Some(head.seq)), Value::Text(Some(&head.hash))],
+        },
+    ];
+    rows::write(tx, &writes).await?;
     metrics::counter!("keel_audit_records_total").increment(records.len() as u64);
     Ok(head)
 }

@@ -12,7 +12,8 @@ use super::entries::{self, EntryView};
 use super::model::{EntryDraft, EntryKind};
 use crate::audit::{self, Event, Origin};
 use crate::company::Company;
-use crate::db::{Database, Param, Row, SqlDate, Tx};
+use crate::db::rows::{self, Value, Write};
+use crate::db::{Database, Param, Row, Tx};
 use crate::error::{Error, FieldError, Result, join_path};
 use crate::idempotency::{self, RequestKey, StoredResponse};
 use crate::on_conn;
@@ -619,32 +620,42 @@ fn balance_changes<'a>(
     Ok((daily, monthly, totals))
 }
 
-/// The upserts of daily or monthly balance changes, with their rows.
-#[allow(clippy::type_complexity, reason = "a balance key and its sums")]
-fn period_statements<'a>(
-    backend: crate::db::Backend,
+/// Adds the balance changes of `rows` to `table`, per day or per month.
+fn period_upserts<'a>(
     table: &str,
     period_column: &str,
+    company: &Company,
     rows: &PeriodBalances<'a>,
-) -> Vec<(Vec<((NaiveDate, i64, &'a str, bool), Sums)>, String)> {
-    const PERIOD_COLUMNS: usize = 9;
-    let rows: Vec<((NaiveDate, i64, &str, bool), Sums)> =
-        rows.iter().map(|(key, sums)| (*key, *sums)).collect();
-    crate::db::chunked_statements(&rows, |count| {
-        format!(
+) -> Write<'a> {
+    let mut values = Vec::with_capacity(rows.len() * 9);
+    for ((date, account_id, currency, closing), sums) in rows {
+        values.extend([
+            Value::Int(Some(company.id)),
+            Value::Date(*date),
+            Value::Int(Some(*account_id)),
+            Value::Text(Some(currency)),
+            Value::Bool(*closing),
+            Value::Int(Some(sums.debit)),
+            Value::Int(Some(sums.credit)),
+            Value::Int(Some(sums.base_debit)),
+            Value::Int(Some(sums.base_credit)),
+        ]);
+    }
+    Write::Rows {
+        insert: format!(
             "INSERT INTO {table} AS b (company_id, {period_column}, account_id, currency, closing, debit_minor, \
-             credit_minor, base_debit_minor, base_credit_minor) VALUES {} \
-             ON CONFLICT (company_id, {period_column}, account_id, currency, closing) DO UPDATE SET \
+             credit_minor, base_debit_minor, base_credit_minor)"
+        ),
+        columns: 9,
+        tail: format!(
+            "ON CONFLICT (company_id, {period_column}, account_id, currency, closing) DO UPDATE SET \
              debit_minor = b.debit_minor + excluded.debit_minor, \
              credit_minor = b.credit_minor + excluded.credit_minor, \
              base_debit_minor = b.base_debit_minor + excluded.base_debit_minor, \
-             base_credit_minor = b.base_credit_minor + excluded.base_credit_minor",
-            backend.values_list(count, PERIOD_COLUMNS)
-        )
-    })
-    .into_iter()
-    .map(|(chunk, sql)| (chunk.to_vec(), sql))
-    .collect()
+             base_credit_minor = b.base_credit_minor + excluded.base_credit_minor"
+        ),
+        values,
+    }
 }
 
 /// Inserts the entries, their lines and the balance changes. The inner error reports sums
@@ -676,118 +687,97 @@ async fn write_entries(
         Ok(changes) => changes,
         Err(message) => return Ok(Err(message)),
     };
-    let backend = tx.backend();
 
-    const ENTRY_COLUMNS: usize = 12;
-    let numbered: Vec<((&&EntryDraft, &i64), &Option<i64>)> =
-        drafts.iter().zip(ids).zip(posters).collect();
-    let entry_statements = crate::db::chunked_statements(&numbered, |rows| {
-        format!(
-            "INSERT INTO ledger_entries (id, company_id, entry_date, memo, kind, source_module, source_document, \
-             reverses_entry_id, idempotency_key, request_fingerprint, posted_at, posted_by) VALUES {}",
-            backend.values_list(rows, ENTRY_COLUMNS)
-        )
-    });
-    const LINE_COLUMNS: usize = 12;
-    let line_statements = crate::db::chunked_statements(&lines, |rows| {
-        format!(
-            "INSERT INTO ledger_lines (entry_id, line_no, company_id, account_id, entry_date, currency, \
-             amount_minor, rate, base_amount_minor, party_id, memo, dimensions) VALUES {}",
-            backend.values_list(rows, LINE_COLUMNS)
-        )
-    });
-    let daily_statements = period_statements(backend, "ledger_balances_daily", "day", &daily);
-    let monthly_statements =
-        period_statements(backend, "ledger_balances_monthly", "month", &monthly);
-    const TOTAL_COLUMNS: usize = 8;
-    let totals: Vec<_> = totals.iter().collect();
-    let total_statements = crate::db::chunked_statements(&totals, |rows| {
-        format!(
-            "INSERT INTO ledger_balances AS b (company_id, account_id, currency, last_day, debit_minor, credit_minor, \
-             base_debit_minor, base_credit_minor) VALUES {} \
-             ON CONFLICT (company_id, account_id, currency) DO UPDATE SET \
-             last_day = CASE WHEN excluded.last_day > b.last_day THEN excluded.last_day ELSE b.last_day END, \
-             debit_minor = b.debit_minor + excluded.debit_minor, \
-             credit_minor = b.credit_minor + excluded.credit_minor, \
-             base_debit_minor = b.base_debit_minor + excluded.base_debit_minor, \
-             base_credit_minor = b.base_credit_minor + excluded.base_credit_minor",
-            backend.values_list(rows, TOTAL_COLUMNS)
-        )
-    });
-
-    on_conn!(tx, conn => {
-        let driver = crate::db::driver_of(&*conn);
-        let entries = entry_statements.iter().map(|(chunk, sql)| {
-            let mut query = crate::db::query_for(driver, sql);
-            for ((draft, id), poster) in *chunk {
-                query = query
-                    .bind(**id)
-                    .bind(company.id)
-                    .bind(SqlDate(draft.date))
-                    .bind(&draft.memo)
-                    .bind(draft.kind.as_str())
-                    .bind(draft.source.as_ref().map(|s| s.module.as_str()))
-                    .bind(draft.source.as_ref().map(|s| s.document.as_str()))
-                    .bind(draft.reverses)
-                    .bind(draft.idempotency_key.as_deref())
-                    .bind(draft.fingerprint.as_deref())
-                    .bind(posted_at)
-                    .bind(**poster);
-            }
-            query
-        });
-        let lines = line_statements.iter().map(|(chunk, sql)| {
-            let mut query = crate::db::query_for(driver, sql);
-            for (entry_id, line_no, draft, line) in *chunk {
-                query = query
-                    .bind(*entry_id)
-                    .bind(i64::try_from(*line_no).unwrap_or(i64::MAX))
-                    .bind(company.id)
-                    .bind(lookups.accounts[line.account.as_str()].id)
-                    .bind(SqlDate(draft.date))
-                    .bind(line.currency.code)
-                    .bind(line.amount_minor)
-                    .bind(line.rate.map(|r| r.to_string()))
-                    .bind(line.base_amount_minor)
-                    .bind(line.party)
-                    .bind(line.memo.as_deref())
-                    .bind((!line.dimensions.is_empty()).then_some(sqlx::types::Json(&line.dimensions)));
-            }
-            query
-        });
-        let periods = daily_statements.iter().chain(&monthly_statements).map(|(chunk, sql)| {
-            let mut query = crate::db::query_for(driver, sql);
-            for ((date, account_id, currency, closing), sums) in chunk {
-                query = query
-                    .bind(company.id)
-                    .bind(SqlDate(*date))
-                    .bind(*account_id)
-                    .bind(*currency)
-                    .bind(*closing)
-                    .bind(sums.debit)
-                    .bind(sums.credit)
-                    .bind(sums.base_debit)
-                    .bind(sums.base_credit);
-            }
-            query
-        });
-        let totals = total_statements.iter().map(|(chunk, sql)| {
-            let mut query = crate::db::query_for(driver, sql);
-            for ((account_id, currency), (sums, last_day)) in *chunk {
-                query = query
-                    .bind(company.id)
-                    .bind(*account_id)
-                    .bind(*currency)
-                    .bind(SqlDate(*last_day))
-                    .bind(sums.debit)
-                    .bind(sums.credit)
-                    .bind(sums.base_debit)
-                    .bind(sums.base_credit);
-            }
-            query
-        });
-        crate::db::execute_overlapped(conn, entries.chain(lines).chain(periods).chain(totals)).await?;
-    });
+    let mut entry_values = Vec::with_capacity(drafts.len() * 12);
+    for ((draft, id), poster) in drafts.iter().zip(ids).zip(posters) {
+        entry_values.extend([
+            Value::Int(Some(*id)),
+            Value::Int(Some(company.id)),
+            Value::Date(draft.date),
+            Value::Text(Some(&draft.memo)),
+            Value::Text(Some(draft.kind.as_str())),
+            Value::Text(draft.source.as_ref().map(|s| s.module.as_str())),
+            Value::Text(draft.source.as_ref().map(|s| s.document.as_str())),
+            Value::Int(draft.reverses),
+            Value::Text(draft.idempotency_key.as_deref()),
+            Value::Text(draft.fingerprint.as_deref()),
+            Value::Time(posted_at),
+            Value::Int(*poster),
+        ]);
+    }
+    let rates: Vec<Option<String>> = lines
+        .iter()
+        .map(|(_, _, _, line)| line.rate.map(|r| r.to_string()))
+        .collect();
+    let mut line_values = Vec::with_capacity(lines.len() * 12);
+    for ((entry_id, line_no, draft, line), rate) in lines.iter().zip(&rates) {
+        line_values.extend([
+            Value::Int(Some(*entry_id)),
+            Value::Int(Some(i64::try_from(*line_no).unwrap_or(i64::MAX))),
+            Value::Int(Some(company.id)),
+            Value::Int(Some(lookups.accounts[line.account.as_str()].id)),
+            Value::Date(draft.date),
+            Value::Text(Some(line.currency.code)),
+            Value::Int(Some(line.amount_minor)),
+            Value::Text(rate.as_deref()),
+            Value::Int(Some(line.base_amount_minor)),
+            Value::Int(line.party),
+            Value::Text(line.memo.as_deref()),
+            Value::Json(
+                (!line.dimensions.is_empty())
+                    .then(|| serde_json::to_value(&line.dimensions))
+                    .transpose()?,
+            ),
+        ]);
+    }
+    let mut total_values = Vec::with_capacity(totals.len() * 8);
+    for ((account_id, currency), (sums, last_day)) in &totals {
+        total_values.extend([
+            Value::Int(Some(company.id)),
+            Value::Int(Some(*account_id)),
+            Value::Text(Some(currency)),
+            Value::Date(*last_day),
+            Value::Int(Some(sums.debit)),
+            Value::Int(Some(sums.credit)),
+            Value::Int(Some(sums.base_debit)),
+            Value::Int(Some(sums.base_credit)),
+        ]);
+    }
+    let writes = [
+        Write::Rows {
+            insert: "INSERT INTO ledger_entries (id, company_id, entry_date, memo, kind, source_module, \
+                     source_document, reverses_entry_id, idempotency_key, request_fingerprint, posted_at, posted_by)"
+                .to_owned(),
+            columns: 12,
+            tail: String::new(),
+            values: entry_values,
+        },
+        Write::Rows {
+            insert: "INSERT INTO ledger_lines (entry_id, line_no, company_id, account_id, entry_date, currency, \
+                     amount_minor, rate, base_amount_minor, party_id, memo, dimensions)"
+                .to_owned(),
+            columns: 12,
+            tail: String::new(),
+            values: line_values,
+        },
+        period_upserts("ledger_balances_daily", "day", company, &daily),
+        period_upserts("ledger_balances_monthly", "month", company, &monthly),
+        Write::Rows {
+            insert: "INSERT INTO ledger_balances AS b (company_id, account_id, currency, last_day, debit_minor, \
+                     credit_minor, base_debit_minor, base_credit_minor)"
+                .to_owned(),
+            columns: 8,
+            tail: "ON CONFLICT (company_id, account_id, currency) DO UPDATE SET \
+                   last_day = CASE WHEN excluded.last_day > b.last_day THEN excluded.last_day ELSE b.last_day END, \
+                   debit_minor = b.debit_minor + excluded.debit_minor, \
+                   credit_minor = b.credit_minor + excluded.credit_minor, \
+                   base_debit_minor = b.base_debit_minor + excluded.base_debit_minor, \
+                   base_credit_minor = b.base_credit_minor + excluded.base_credit_minor"
+                .to_owned(),
+            values: total_values,
+        },
+    ];
+    rows::write(tx, &writes).await?;
     Ok(Ok(()))
 }
 

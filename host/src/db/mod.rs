@@ -20,6 +20,8 @@ use sqlx::{PgPool, SqlitePool};
 
 use crate::audit::ChainHead;
 
+pub mod rows;
+
 /// File name of the SQLite database inside the data directory.
 pub const SQLITE_FILE_NAME: &str = "keel.sqlite3";
 
@@ -559,7 +561,7 @@ impl Tx {
 pub struct SqlDate(pub NaiveDate);
 
 impl SqlDate {
-    fn text(self) -> String {
+    pub(crate) fn text(self) -> String {
         use chrono::Datelike as _;
         let (year, month, day) = (self.0.year(), self.0.month(), self.0.day());
         if !(0..=9999).contains(&year) {
@@ -747,41 +749,6 @@ pub fn statement_chunks<T>(items: &[T]) -> Vec<&[T]> {
     items.chunks(ROWS_PER_STATEMENT_MAX).collect()
 }
 
-/// Each chunk of `items` for a multi-row statement ([`statement_chunks`]) with its text,
-/// which `sql` writes for a row count. The texts are made first so that the queries built
-/// from them can borrow them while they run in [`execute_overlapped`].
-pub fn chunked_statements<T>(items: &[T], sql: impl Fn(usize) -> String) -> Vec<(&[T], String)> {
-    let mut texts: Vec<(usize, String)> = Vec::with_capacity(2);
-    statement_chunks(items)
-        .into_iter()
-        .map(|chunk| {
-            let text = match texts.iter().find(|(rows, _)| *rows == chunk.len()) {
-                Some((_, text)) => text.clone(),
-                None => {
-                    let text = sql(chunk.len());
-                    texts.push((chunk.len(), text.clone()));
-                    text
-                }
-            };
-            (chunk, text)
-        })
-        .collect()
-}
-
-/// The driver of `conn`, to build queries for it before it is borrowed to run them
-/// ([`query_for`]).
-pub fn driver_of<C: sqlx::Connection>(_conn: &C) -> std::marker::PhantomData<C::Database> {
-    std::marker::PhantomData
-}
-
-/// A query on the driver [`driver_of`] named.
-pub fn query_for<DB: sqlx::Database>(
-    _driver: std::marker::PhantomData<DB>,
-    sql: &str,
-) -> sqlx::query::Query<'_, DB, <DB as sqlx::Database>::Arguments<'_>> {
-    sqlx::query(sql)
-}
-
 /// Executes statements one after another on `conn`, binding each while the one before it
 /// runs. The driver executes on its own thread (SQLite) or on the server (PostgreSQL), so
 /// a long run of large inserts keeps the database busy instead of waiting on the binding.
@@ -816,22 +783,36 @@ pub struct UniqueConstraint {
 }
 
 impl UniqueConstraint {
-    /// Whether `error` (anywhere in its chain) is a violation of this constraint.
+    /// Whether `error` (anywhere in its chain) is a violation of this constraint, as reported
+    /// by either driver or by SQLite itself ([`rows`]).
     pub fn is_violated_by(&self, error: &anyhow::Error) -> bool {
-        error
-            .chain()
-            .filter_map(|cause| cause.downcast_ref::<sqlx::Error>())
-            .filter_map(|e| e.as_database_error())
-            .any(|db| {
-                db.is_unique_violation()
+        let sqlite_columns = |message: &str| {
+            message
+                .strip_prefix("UNIQUE constraint failed: ")
+                .is_some_and(|columns| columns == self.sqlite_columns)
+        };
+        error.chain().any(|cause| {
+            if let Some(db) = cause
+                .downcast_ref::<sqlx::Error>()
+                .and_then(|e| e.as_database_error())
+            {
+                return db.is_unique_violation()
                     && match db.constraint() {
                         Some(name) => name == self.postgres_name,
-                        None => db
-                            .message()
-                            .strip_prefix("UNIQUE constraint failed: ")
-                            .is_some_and(|columns| columns == self.sqlite_columns),
-                    }
-            })
+                        None => sqlite_columns(db.message()),
+                    };
+            }
+            match cause.downcast_ref::<rusqlite::Error>() {
+                Some(rusqlite::Error::SqliteFailure(failure, Some(message))) => {
+                    matches!(
+                        failure.extended_code,
+                        rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                            | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                    ) && sqlite_columns(message)
+                }
+                _ => false,
+            }
+        })
     }
 }
 

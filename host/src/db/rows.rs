@@ -1,0 +1,240 @@
+//! Many rows written at once: a commit group's ledger entries, lines and balances, and their
+//! audit records.
+//!
+//! Many rows on SQLite go straight through SQLite's C API on the writing connection, borrowed
+//! from the driver for the duration: one prepared single-row statement per table, bound and
+//! stepped for each row. Through the driver a multi-row statement is thousands of parameters
+//! boxed, copied, cleared and bound again; for a large import that was a fifth of the writer's
+//! time. A few rows (a commit group of single entries) cost less through the driver, whose
+//! prepared statements outlive the call: there, and always on PostgreSQL, the rows go as
+//! multi-row statements, each bound while the one before it runs.
+
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+
+use super::{Backend, SqlDate, Tx};
+use crate::on_conn;
+
+/// A value of a row, typed the way both backends store it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value<'a> {
+    Int(Option<i64>),
+    Text(Option<&'a str>),
+    /// DATE on PostgreSQL, `YYYY-MM-DD` on SQLite.
+    Date(NaiveDate),
+    /// TIMESTAMPTZ on PostgreSQL, RFC 3339 text on SQLite (as the driver writes it).
+    Time(DateTime<Utc>),
+    /// BOOLEAN on PostgreSQL, 0 or 1 on SQLite.
+    Bool(bool),
+    /// JSONB on PostgreSQL, JSON text on SQLite.
+    Json(Option<serde_json::Value>),
+}
+
+/// A statement and the values of its rows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write<'a> {
+    /// `insert` (`INSERT INTO table (columns…)`) `VALUES` the rows, then `tail` (an
+    /// `ON CONFLICT` clause, or empty). `values` holds `columns` values per row, row after row.
+    Rows {
+        insert: String,
+        columns: usize,
+        tail: String,
+        values: Vec<Value<'a>>,
+    },
+    /// One statement with `$1`-style parameters.
+    Once {
+        sql: &'a str,
+        values: Vec<Value<'a>>,
+    },
+}
+
+/// Rows in one call from which SQLite is written directly rather than through the driver:
+/// below this, preparing the statements again for each call costs more than the driver's
+/// round trips.
+const DIRECT_ROWS_MIN: usize = 1_000;
+
+impl Write<'_> {
+    fn rows(&self) -> usize {
+        match self {
+            Self::Rows {
+                columns, values, ..
+            } => values.len().checked_div(*columns).unwrap_or(0),
+            Self::Once { .. } => 1,
+        }
+    }
+}
+
+/// Runs `writes` in order in the transaction. A failing statement leaves the transaction
+/// usable on SQLite (only that statement is undone); on PostgreSQL the transaction is aborted.
+pub async fn write(tx: &mut Tx, writes: &[Write<'_>]) -> anyhow::Result<()> {
+    let rows: usize = writes.iter().map(Write::rows).sum();
+    match tx {
+        Tx::Sqlite(tx) if rows >= DIRECT_ROWS_MIN => {
+            let mut handle = tx.lock_handle().await?;
+            let raw = handle.as_raw_handle();
+            let run = || {
+                // SAFETY: the locked handle gives this thread sole use of the open connection
+                // until it is dropped, which is after `conn` is: `conn` only borrows the handle
+                // (it does not close it) and finalizes its statements when dropped.
+                #[allow(unsafe_code, reason = "borrowing the driver's open SQLite connection")]
+                let conn = unsafe { rusqlite::Connection::from_handle(raw.as_ptr()) }?;
+                sqlite_write(&conn, writes)
+            };
+            // The statements run on this thread: let the runtime move its other tasks away.
+            match tokio::runtime::Handle::current().runtime_flavor() {
+                tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(run),
+                _ => run(),
+            }
+        }
+        _ => driver_write(tx, writes).await,
+    }
+}
+
+fn sqlite_write(conn: &rusqlite::Connection, writes: &[Write<'_>]) -> anyhow::Result<()> {
+    for write in writes {
+        let (sql, columns, values) = match write {
+            Write::Rows {
+                insert,
+                columns,
+                tail,
+                values,
+            } => (
+                format!(
+                    "{insert} VALUES {} {tail}",
+                    Backend::Sqlite.values_list(1, *columns)
+                ),
+                *columns,
+                values,
+            ),
+            Write::Once { sql, values } => ((*sql).to_owned(), values.len(), values),
+        };
+        if columns == 0 || values.is_empty() {
+            continue;
+        }
+        let mut statement = conn.prepare_cached(&sql)?;
+        for row in values.chunks(columns) {
+            for (index, value) in row.iter().enumerate() {
+                statement.raw_bind_parameter(index + 1, value)?;
+            }
+            statement.raw_execute()?;
+        }
+    }
+    Ok(())
+}
+
+impl rusqlite::ToSql for Value<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, Value as Owned, ValueRef};
+        Ok(match self {
+            Self::Int(Some(value)) => ToSqlOutput::Owned(Owned::Integer(*value)),
+            Self::Text(Some(text)) => ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes())),
+            Self::Date(date) => ToSqlOutput::Owned(Owned::Text(SqlDate(*date).text())),
+            Self::Time(at) => ToSqlOutput::Owned(Owned::Text(
+                at.to_rfc3339_opts(SecondsFormat::AutoSi, false),
+            )),
+            Self::Bool(flag) => ToSqlOutput::Owned(Owned::Integer(i64::from(*flag))),
+            Self::Json(Some(json)) => ToSqlOutput::Owned(Owned::Text(json.to_string())),
+            Self::Int(None) | Self::Text(None) | Self::Json(None) => {
+                ToSqlOutput::Owned(Owned::Null)
+            }
+        })
+    }
+}
+
+/// Writes through the driver: each `Rows` as multi-row statements, a `Once` on its own (on
+/// SQLite, which runs several statements of one query in one call, in the same round trip as
+/// the statement before it).
+async fn driver_write(tx: &mut Tx, writes: &[Write<'_>]) -> anyhow::Result<()> {
+    let backend = tx.backend();
+    // The statements' texts first, so that the queries built from them can borrow them.
+    let mut statements: Vec<(Vec<&[Value<'_>]>, String)> = Vec::new();
+    for write in writes {
+        match write {
+            Write::Rows {
+                insert,
+                columns,
+                tail,
+                values,
+            } => {
+                if *columns == 0 {
+                    continue;
+                }
+                for chunk in values.chunks(super::ROWS_PER_STATEMENT_MAX * columns) {
+                    let sql = format!(
+                        "{insert} VALUES {} {tail}",
+                        backend.values_list(chunk.len() / columns, *columns)
+                    );
+                    statements.push((vec![chunk], sql));
+                }
+            }
+            Write::Once { sql, values } => match statements.last_mut() {
+                Some((bound, text)) if backend == Backend::Sqlite => {
+                    text.push_str("; ");
+                    text.push_str(&anonymous_parameters(sql));
+                    bound.push(values);
+                }
+                _ => statements.push((vec![values], (*sql).to_owned())),
+            },
+        }
+    }
+    on_conn!(tx, conn => {
+        let driver = driver_of(&*conn);
+        let queries = statements.iter().map(|(bound, sql)| {
+            let mut query = query_for(driver, sql);
+            for value in bound.iter().copied().flatten() {
+                query = match value {
+                    Value::Int(value) => query.bind(*value),
+                    Value::Text(value) => query.bind(*value),
+                    Value::Date(date) => query.bind(SqlDate(*date)),
+                    Value::Time(at) => query.bind(*at),
+                    Value::Bool(flag) => query.bind(*flag),
+                    Value::Json(json) => query.bind(json.as_ref().map(sqlx::types::Json)),
+                };
+            }
+            query
+        });
+        super::execute_overlapped(conn, queries).await?;
+    });
+    Ok(())
+}
+
+/// `$1`, `$2` … as `?`: in a query of several statements SQLite numbers `$n` from the first.
+fn anonymous_parameters(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            while chars.peek().is_some_and(char::is_ascii_digit) {
+                chars.next();
+            }
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The driver of `conn`, to build queries for it before it is borrowed to run them.
+fn driver_of<C: sqlx::Connection>(_conn: &C) -> std::marker::PhantomData<C::Database> {
+    std::marker::PhantomData
+}
+
+fn query_for<DB: sqlx::Database>(
+    _driver: std::marker::PhantomData<DB>,
+    sql: &str,
+) -> sqlx::query::Query<'_, DB, <DB as sqlx::Database>::Arguments<'_>> {
+    sqlx::query(sql)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbered_parameters_become_anonymous() {
+        assert_eq!(
+            anonymous_parameters("UPDATE t SET a = $1, b = $12 WHERE id = 1 AND c = '$'"),
+            "UPDATE t SET a = ?, b = ? WHERE id = 1 AND c = '$'"
+        );
+    }
+}
