@@ -288,11 +288,29 @@ impl Database {
     /// writers queue instead of failing when the second tries to upgrade a read lock.
     pub async fn begin_write(&self) -> anyhow::Result<Tx> {
         Ok(match self {
-            Self::Sqlite(pools) => Tx::Sqlite(SqliteTx {
-                tx: pools.writes.begin_with("BEGIN IMMEDIATE").await?,
-                committed_head: pools.chain_head.clone(),
-                appended_head: None,
-            }),
+            Self::Sqlite(pools) => {
+                let tx = match pools.writes.begin_with("BEGIN IMMEDIATE").await {
+                    // The driver still counts a transaction that SQLite ended by itself (it
+                    // rolls back on a full disk or an I/O error, and the driver's own ROLLBACK
+                    // then fails): the connection would refuse every write from now on.
+                    Err(sqlx::Error::InvalidSavePointStatement) => {
+                        tracing::warn!(
+                            "replacing the SQLite writing connection: it lost track of a \
+                             transaction SQLite had rolled back"
+                        );
+                        if let Err(error) = pools.writes.acquire().await?.close().await {
+                            tracing::warn!(%error, "closing the old writing connection failed");
+                        }
+                        pools.writes.begin_with("BEGIN IMMEDIATE").await?
+                    }
+                    begun => begun?,
+                };
+                Tx::Sqlite(SqliteTx {
+                    tx,
+                    committed_head: pools.chain_head.clone(),
+                    appended_head: None,
+                })
+            }
             Self::Postgres(pool) => Tx::Postgres(pool.begin().await?),
         })
     }
@@ -819,6 +837,39 @@ impl UniqueConstraint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_writing_connection_that_lost_its_transaction_is_replaced() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let db = Database::open(&Location::DataDir(dir.path().to_owned()))
+            .await
+            .expect("a database");
+        let mut tx = db.begin_write().await.expect("a transaction");
+        // SQLite ends the transaction behind the driver's back, as it does on a full disk;
+        // the driver's ROLLBACK when `tx` is dropped then fails.
+        on_conn!(&mut tx, conn => {
+            sqlx::query("ROLLBACK").execute(&mut *conn).await.expect("rolled back");
+        });
+        drop(tx);
+        let mut tx = db.begin_write().await.expect("a new writing connection");
+        on_conn!(&mut tx, conn => {
+            sqlx::query("INSERT INTO currencies (code, name, minor_units) VALUES ('XTS', 'Test', 2)")
+                .execute(&mut *conn)
+                .await
+                .expect("written");
+        });
+        tx.commit().await.expect("committed");
+        let mut tx = db.begin_read().await.expect("a read");
+        let found = on_conn!(&mut tx, conn => {
+            sqlx::query("SELECT name FROM currencies WHERE code = 'XTS'")
+                .fetch_one(&mut *conn)
+                .await
+                .expect("found")
+                .text("name")
+                .expect("a name")
+        });
+        assert_eq!(found, "Test");
+    }
 
     #[test]
     fn statement_chunks_hold_256_rows_at_most() {

@@ -1,7 +1,7 @@
 //! Many rows written at once: a commit group's ledger entries, lines and balances, and their
 //! audit records.
 //!
-//! Many rows on SQLite go straight through SQLite's C API on the writing connection, borrowed
+//! Large writes on SQLite go straight through SQLite's C API on the writing connection, borrowed
 //! from the driver for the duration: one prepared single-row statement per table, bound and
 //! stepped for each row. Through the driver a multi-row statement is thousands of parameters
 //! boxed, copied, cleared and bound again; for a large import that was a fifth of the writer's
