@@ -107,14 +107,45 @@ pub struct SqlitePools {
     pub writes: SqlitePool,
     /// The audit chain's head as this process last committed it, so an append need not read
     /// it first (see [`crate::audit::append_many`]).
-    chain_head: Arc<Mutex<Option<ChainHead>>>,
+    chain_head: CommittedHead,
+}
+
+/// The audit chain head a process last committed on SQLite, shared by its transactions.
+#[derive(Debug, Clone, Default)]
+struct CommittedHead(Arc<Mutex<Option<ChainHead>>>);
+
+impl CommittedHead {
+    fn get(&self) -> Option<ChainHead> {
+        self.slot().clone()
+    }
+
+    fn set(&self, head: Option<ChainHead>) {
+        *self.slot() = head;
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<ChainHead>> {
+        // A poisoned lock only means a panic elsewhere; the value is still a valid head or None.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// A SQLite transaction: the connection, and the audit chain head it will leave once committed.
 pub struct SqliteTx {
     tx: sqlx::Transaction<'static, sqlx::Sqlite>,
-    committed_head: Arc<Mutex<Option<ChainHead>>>,
+    committed_head: CommittedHead,
     appended_head: Option<ChainHead>,
+}
+
+impl SqliteTx {
+    fn new(tx: sqlx::Transaction<'static, sqlx::Sqlite>, pools: &SqlitePools) -> Self {
+        Self {
+            tx,
+            committed_head: pools.chain_head.clone(),
+            appended_head: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for SqliteTx {
@@ -137,14 +168,6 @@ impl std::ops::DerefMut for SqliteTx {
     fn deref_mut(&mut self) -> &mut Self::Target {
         &mut self.tx
     }
-}
-
-fn committed_head(cache: &Mutex<Option<ChainHead>>) -> Option<ChainHead> {
-    // A poisoned lock only means a panic elsewhere; the value is still a valid head or None.
-    cache
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone()
 }
 
 /// A transaction on either backend. Dropping it without [`Tx::commit`] rolls back.
@@ -242,7 +265,7 @@ impl Database {
                 Ok(Self::Sqlite(SqlitePools {
                     reads,
                     writes,
-                    chain_head: Arc::default(),
+                    chain_head: CommittedHead::default(),
                 }))
             }
             Location::Postgres(url) => {
@@ -305,11 +328,7 @@ impl Database {
                     }
                     begun => begun?,
                 };
-                Tx::Sqlite(SqliteTx {
-                    tx,
-                    committed_head: pools.chain_head.clone(),
-                    appended_head: None,
-                })
+                Tx::Sqlite(SqliteTx::new(tx, pools))
             }
             Self::Postgres(pool) => Tx::Postgres(pool.begin().await?),
         })
@@ -318,11 +337,7 @@ impl Database {
     /// Starts a read-only transaction: every query in it sees the same snapshot.
     pub async fn begin_read(&self) -> anyhow::Result<Tx> {
         Ok(match self {
-            Self::Sqlite(pools) => Tx::Sqlite(SqliteTx {
-                tx: pools.reads.begin().await?,
-                committed_head: pools.chain_head.clone(),
-                appended_head: None,
-            }),
+            Self::Sqlite(pools) => Tx::Sqlite(SqliteTx::new(pools.reads.begin().await?, pools)),
             Self::Postgres(pool) => Tx::Postgres(
                 pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     .await?,
@@ -393,9 +408,7 @@ impl Tx {
             Self::Sqlite(tx) => {
                 tx.tx.commit().await?;
                 if let Some(head) = tx.appended_head {
-                    *tx.committed_head
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(head);
+                    tx.committed_head.set(Some(head));
                 }
             }
             Self::Postgres(tx) => tx.commit().await?,
@@ -419,10 +432,7 @@ impl Tx {
     /// PostgreSQL has many writers and always reads the head under a lock.
     pub fn known_chain_head(&self) -> Option<ChainHead> {
         match self {
-            Self::Sqlite(tx) => tx
-                .appended_head
-                .clone()
-                .or_else(|| committed_head(&tx.committed_head)),
+            Self::Sqlite(tx) => tx.appended_head.clone().or_else(|| tx.committed_head.get()),
             Self::Postgres(_) => None,
         }
     }
@@ -439,9 +449,7 @@ impl Tx {
     pub fn forget_chain_head(&mut self) {
         if let Self::Sqlite(tx) = self {
             tx.appended_head = None;
-            *tx.committed_head
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+            tx.committed_head.set(None);
         }
     }
 
@@ -765,31 +773,6 @@ const ROWS_PER_STATEMENT_MAX: usize = 256;
 /// to the database thread and back.
 pub fn statement_chunks<T>(items: &[T]) -> Vec<&[T]> {
     items.chunks(ROWS_PER_STATEMENT_MAX).collect()
-}
-
-/// Executes statements one after another on `conn`, binding each while the one before it
-/// runs. The driver executes on its own thread (SQLite) or on the server (PostgreSQL), so
-/// a long run of large inserts keeps the database busy instead of waiting on the binding.
-pub async fn execute_overlapped<'q, DB, I>(
-    conn: &mut DB::Connection,
-    mut statements: I,
-) -> anyhow::Result<()>
-where
-    DB: sqlx::Database,
-    I: Iterator<Item = sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>>,
-    <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
-    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
-{
-    let mut next = statements.next();
-    while let Some(statement) = next {
-        // `join` polls the execution first: its first poll hands the statement to the driver,
-        // and the next one is bound while it runs.
-        let (executed, following) =
-            futures::future::join(statement.execute(&mut *conn), async { statements.next() }).await;
-        executed?;
-        next = following;
-    }
-    Ok(())
 }
 
 /// A unique constraint, named the way each backend reports it: PostgreSQL by constraint name,

@@ -192,7 +192,7 @@ async fn driver_write(tx: &mut Tx, writes: &[Write<'_>]) -> anyhow::Result<()> {
             }
             query
         });
-        super::execute_overlapped(conn, queries).await?;
+        execute_overlapped(conn, queries).await?;
     });
     Ok(())
 }
@@ -212,6 +212,31 @@ fn anonymous_parameters(sql: &str) -> String {
         }
     }
     out
+}
+
+/// Executes statements one after another on `conn`, binding each while the one before it
+/// runs. The driver executes on its own thread (SQLite) or on the server (PostgreSQL), so
+/// a long run of large inserts keeps the database busy instead of waiting on the binding.
+async fn execute_overlapped<'q, DB, I>(
+    conn: &mut DB::Connection,
+    mut statements: I,
+) -> anyhow::Result<()>
+where
+    DB: sqlx::Database,
+    I: Iterator<Item = sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>>,
+    <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    let mut next = statements.next();
+    while let Some(statement) = next {
+        // `join` polls the execution first: its first poll hands the statement to the driver,
+        // and the next one is bound while it runs.
+        let (executed, following) =
+            futures::future::join(statement.execute(&mut *conn), async { statements.next() }).await;
+        executed?;
+        next = following;
+    }
+    Ok(())
 }
 
 /// The driver of `conn`, to build queries for it before it is borrowed to run them.

@@ -361,6 +361,11 @@ struct Sums {
 }
 
 impl Sums {
+    /// The four balance columns, in the order the balance tables list them.
+    fn values(&self) -> [Value<'static>; 4] {
+        [self.debit, self.credit, self.base_debit, self.base_credit].map(|v| Value::Int(Some(v)))
+    }
+
     fn add(&mut self, amount: i64, base: i64) -> Option<()> {
         if amount >= 0 {
             self.debit = self.debit.checked_add(amount)?;
@@ -635,11 +640,8 @@ fn period_upserts<'a>(
             Value::Int(Some(*account_id)),
             Value::Text(Some(currency)),
             Value::Bool(*closing),
-            Value::Int(Some(sums.debit)),
-            Value::Int(Some(sums.credit)),
-            Value::Int(Some(sums.base_debit)),
-            Value::Int(Some(sums.base_credit)),
         ]);
+        values.extend(sums.values());
     }
     Write::Rows {
         insert: format!(
@@ -737,11 +739,8 @@ async fn write_entries(
             Value::Int(Some(*account_id)),
             Value::Text(Some(currency)),
             Value::Date(*last_day),
-            Value::Int(Some(sums.debit)),
-            Value::Int(Some(sums.credit)),
-            Value::Int(Some(sums.base_debit)),
-            Value::Int(Some(sums.base_credit)),
         ]);
+        total_values.extend(sums.values());
     }
     let writes = [
         Write::Rows {
