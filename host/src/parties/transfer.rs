@@ -542,6 +542,8 @@ struct Candidate<'a> {
     custom: CheckedValues,
     errors: Vec<FieldError>,
     row: &'a ImportRow,
+    /// Its [`identity_keys`], computed once.
+    identity: Vec<(&'static str, (String, String))>,
 }
 
 /// Keys that mark two parties as the same, with the field a clash is reported on.
@@ -620,6 +622,7 @@ async fn import_chunk(
                     fields::check_values_collecting(definitions, data.kind, &data.custom_fields);
                 candidates.push(Candidate {
                     line: row.line,
+                    identity: identity_keys(&data),
                     data,
                     custom,
                     errors,
@@ -677,21 +680,21 @@ async fn import_chunk(
     if !options.allow_duplicates {
         let keys: Vec<(String, String)> = candidates
             .iter()
-            .flat_map(|c| identity_keys(&c.data).into_iter().map(|(_, key)| key))
+            .flat_map(|c| c.identity.iter().map(|(_, key)| key.clone()))
             .collect();
         let mut holders: HashMap<(String, String), i64> = HashMap::new();
         for (party, kind, value) in store::holders_of(tx, company, &keys, None).await? {
             holders.entry((kind, value)).or_insert(party);
         }
         for candidate in &mut candidates {
-            for (field, key) in identity_keys(&candidate.data) {
-                let clash = if let Some(party) = holders.get(&key) {
+            for (field, key) in &candidate.identity {
+                let clash = if let Some(party) = holders.get(key) {
                     Some(format!(
                         "party {party} has the same {}",
                         key.0.replace('_', " ")
                     ))
                 } else {
-                    seen.get(&key).map(|line| {
+                    seen.get(key).map(|line| {
                         format!(
                             "line {line} of this file has the same {}",
                             key.0.replace('_', " ")
@@ -700,15 +703,15 @@ async fn import_chunk(
                 };
                 if let Some(clash) = clash {
                     candidate.errors.push(FieldError::new(
-                        field,
+                        *field,
                         format!("{clash}; import with allow_duplicates to create it anyway"),
                     ));
                     break;
                 }
             }
             if candidate.errors.is_empty() {
-                for (_, key) in identity_keys(&candidate.data) {
-                    seen.entry(key).or_insert(candidate.line);
+                for (_, key) in &candidate.identity {
+                    seen.entry(key.clone()).or_insert(candidate.line);
                 }
             }
         }
