@@ -82,6 +82,8 @@ fn main() {
     };
     runtime.block_on(async {
         let db = Database::open(&location).await.expect("a database");
+        // As `keel serve` and `keel parties import` do.
+        db.checkpoint_in_background();
         let companies = Companies::bootstrap(&db, None).await.expect("the company");
         let company = companies.default_company();
         let authz = Arc::new(Authz::load(&db).await.expect("the policy"));

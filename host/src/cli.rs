@@ -424,6 +424,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             command,
         } => {
             let (db, company) = database.open_for(company.as_deref()).await?;
+            // An import writes in bulk: its commits leave copying the WAL back to another
+            // connection, as the server's do.
+            db.checkpoint_in_background();
             let result = parties_command(&db, &company, command).await;
             db.close().await;
             result
@@ -454,6 +457,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             command,
         } => {
             let (db, company) = database.open_for(company.as_deref()).await?;
+            // Posting a file writes in bulk: as for an import, checkpoints run beside it.
+            db.checkpoint_in_background();
             let result = ledger_command(&Ledger::new(db.clone()), &company, command).await;
             db.close().await;
             result
