@@ -574,32 +574,69 @@ fn identity_keys(data: &PartyData) -> Vec<(&'static str, (String, String))> {
     keys
 }
 
-/// Imports one chunk in `tx`. `seen` holds the keys of parties this import created so far, so
-/// that a file cannot hold the same party twice either. Bad rows write nothing.
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one import's context, passed down unchanged"
-)]
+/// A row of the file checked as far as it can be without the database: its external id's key,
+/// and as a new party its validated data, or why it is not a valid party.
+struct CheckedRow<'a> {
+    row: &'a ImportRow,
+    external: Option<String>,
+    as_new: Result<Candidate<'a>>,
+}
+
+/// Checks a chunk's rows as new parties: validation, custom field values and identity keys.
+/// Needs no database, so it runs while the chunk before commits.
+fn check_rows<'a>(
+    chunk: &'a [ImportRow],
+    company: &Company,
+    viewer: &Viewer,
+    origin: &Origin,
+    definitions: &[FieldDefinition],
+) -> Vec<CheckedRow<'a>> {
+    chunk
+        .iter()
+        .map(|row| {
+            let mut new = row.party.clone();
+            new.owner = new.owner.or(super::default_owner(viewer, origin));
+            let as_new = new.validate(company.base_currency).map(|data| {
+                let (custom, errors) =
+                    fields::check_values_collecting(definitions, data.kind, &data.custom_fields);
+                Candidate {
+                    line: row.line,
+                    identity: identity_keys(&data),
+                    data,
+                    custom,
+                    errors,
+                    row,
+                }
+            });
+            CheckedRow {
+                row,
+                external: row
+                    .external
+                    .as_ref()
+                    .map(|e| store::external_key(&e.system, &e.id)),
+                as_new,
+            }
+        })
+        .collect()
+}
+
+/// Imports one chunk, checked by [`check_rows`], in `tx`. `seen` holds the keys of parties
+/// this import created so far, so that a file cannot hold the same party twice either. Bad
+/// rows write nothing.
 async fn import_chunk(
     tx: &mut Tx,
     company: &Company,
     viewer: &Viewer,
-    chunk: &[ImportRow],
+    chunk: Vec<CheckedRow<'_>>,
     options: &ImportOptions,
     origin: &Origin,
-    definitions: &[FieldDefinition],
     seen: &mut HashMap<(String, String), usize>,
 ) -> Result<ChunkOutcome> {
     let mut outcome = ChunkOutcome::default();
     let external_keys: Vec<(String, String)> = chunk
         .iter()
-        .filter_map(|row| row.external.as_ref())
-        .map(|e| {
-            (
-                "external_id".to_owned(),
-                store::external_key(&e.system, &e.id),
-            )
-        })
+        .filter_map(|checked| checked.external.clone())
+        .map(|key| ("external_id".to_owned(), key))
         .collect();
     let known: HashMap<String, i64> = store::holders_of(tx, company, &external_keys, None)
         .await?
@@ -608,33 +645,17 @@ async fn import_chunk(
         .collect();
 
     let mut candidates = Vec::new();
-    for row in chunk {
-        let external = row
-            .external
-            .as_ref()
-            .map(|e| store::external_key(&e.system, &e.id));
-        if let Some(&id) = external.as_ref().and_then(|key| known.get(key)) {
+    for checked in chunk {
+        let row = checked.row;
+        if let Some(&id) = checked.external.as_ref().and_then(|key| known.get(key)) {
             match super::update_in(tx, company, viewer, id, &changes_of(row), origin).await {
                 Ok(_) => outcome.updated += 1,
                 Err(error) => outcome.errors.push(row_error(row.line, error)?),
             }
             continue;
         }
-        let mut new = row.party.clone();
-        new.owner = new.owner.or(super::default_owner(viewer, origin));
-        match new.validate(company.base_currency) {
-            Ok(data) => {
-                let (custom, errors) =
-                    fields::check_values_collecting(definitions, data.kind, &data.custom_fields);
-                candidates.push(Candidate {
-                    line: row.line,
-                    identity: identity_keys(&data),
-                    data,
-                    custom,
-                    errors,
-                    row,
-                });
-            }
+        match checked.as_new {
+            Ok(candidate) => candidates.push(candidate),
             Err(error) => outcome.errors.push(row_error(row.line, error)?),
         }
     }
@@ -847,16 +868,22 @@ impl Parties {
         // Sized once rather than rehashed as a large import grows it.
         let mut seen = HashMap::with_capacity(rows.len() * IDENTITY_KEYS_PER_ROW);
         let mut done = errors.len();
+        let chunks: Vec<&[ImportRow]> = rows.chunks(IMPORT_CHUNK_ROWS).collect();
+        let check = |index: usize| {
+            chunks
+                .get(index)
+                .map(|chunk| check_rows(chunk, company, viewer, origin, &definitions))
+        };
+        let mut checked = check(0);
         let mut tx = self.db().begin_write().await?;
-        for chunk in rows.chunks(IMPORT_CHUNK_ROWS) {
+        for (index, chunk) in chunks.iter().enumerate() {
             let outcome = import_chunk(
                 &mut tx,
                 company,
                 viewer,
-                chunk,
+                checked.take().unwrap_or_default(),
                 options,
                 origin,
-                &definitions,
                 &mut seen,
             )
             .await?;
@@ -865,8 +892,15 @@ impl Parties {
             errors.extend(outcome.errors);
             done += chunk.len();
             progress(done, total);
-            if !one_transaction {
-                tx.commit().await?;
+            if one_transaction {
+                checked = check(index + 1);
+            } else {
+                // The next chunk is checked while this one commits: the commit runs on the
+                // database's side (SQLite's thread or the PostgreSQL server), the check here.
+                let (committed, next_checked) =
+                    futures::future::join(tx.commit(), async { check(index + 1) }).await;
+                committed?;
+                checked = next_checked;
                 tx = self.db().begin_write().await?;
             }
         }
