@@ -380,8 +380,14 @@ pub async fn insert_many(
     // PostgreSQL keeps the search text on the row; SQLite in the FTS5 table.
     let text_on_row = tx.backend() == Backend::Postgres;
     let columns = if text_on_row { 21 } else { 20 };
+    let items: Vec<(i64, &PartyData, &Derived)> = ids
+        .iter()
+        .zip(parties)
+        .zip(&derived)
+        .map(|((id, (data, _)), derived)| (*id, *data, derived))
+        .collect();
     let mut values = Vec::with_capacity(parties.len() * columns);
-    for (((id, (data, _)), derived), json) in ids.iter().zip(parties).zip(&derived).zip(&encoded) {
+    for ((id, data, derived), json) in items.iter().zip(&encoded) {
         values.extend([
             Value::Int(Some(*id)),
             Value::Int(Some(company.id)),
@@ -413,12 +419,6 @@ pub async fn insert_many(
         values,
     };
     rows::write(tx, &[rows]).await?;
-    let items: Vec<(i64, &PartyData, &Derived)> = ids
-        .iter()
-        .zip(parties)
-        .zip(&derived)
-        .map(|((id, (data, _)), derived)| (*id, *data, derived))
-        .collect();
     write_derived(tx, company, &items).await?;
     Ok(ids)
 }
