@@ -6,7 +6,6 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
-use unicode_normalization::UnicodeNormalization as _;
 use utoipa::ToSchema;
 
 use super::countries;
@@ -940,19 +939,10 @@ fn parse_limit(text: &str, currency: &Currency) -> std::result::Result<i64, Stri
 /// Lower case, accents removed, punctuation as single spaces: `Müller & Söhne, GmbH` is
 /// `muller sohne gmbh`. Lists sort by it; name prefixes are matched on it.
 pub fn sort_key(text: &str) -> String {
-    let spaced = |c: char| if c.is_alphanumeric() { c } else { ' ' };
-    // ASCII decomposes to itself and has no accents: the common case skips the normalizer.
-    let folded: String = if text.is_ascii() {
-        text.chars()
-            .map(|c| spaced(c.to_ascii_lowercase()))
-            .collect()
-    } else {
-        text.nfkd()
-            .filter(|c| !unicode_normalization::char::is_combining_mark(*c))
-            .flat_map(char::to_lowercase)
-            .map(spaced)
-            .collect()
-    };
+    let folded: String = super::store::fold(text)
+        .chars()
+        .map(|c| if c.is_alphanumeric() { c } else { ' ' })
+        .collect();
     folded.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
