@@ -40,6 +40,14 @@ pub const REQUEST_BODY_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// A request that takes longer than this is answered with 503 and its transaction rolled back.
 const REQUEST_DURATION_MAX: Duration = Duration::from_secs(60);
 
+/// The same for a bulk import, which commits chunk by chunk (holding the write lock for one
+/// chunk at a time) and re-importing tens of thousands of rows, each an update, outlasts a
+/// minute on a small PostgreSQL server.
+const BULK_IMPORT_DURATION_MAX: Duration = Duration::from_secs(15 * 60);
+
+/// Paths of the bulk imports, which get [`BULK_IMPORT_DURATION_MAX`].
+const BULK_IMPORT_PATHS: [&str; 1] = ["/api/v1/parties/import"];
+
 /// Default and largest page sizes for list endpoints.
 pub const PAGE_SIZE_DEFAULT: u32 = 100;
 pub const PAGE_SIZE_MAX: u32 = 500;
@@ -157,10 +165,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn(record_and_log))
         .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            REQUEST_DURATION_MAX,
-        ))
+        .layer(middleware::from_fn(limit_duration))
         .layer(CatchPanicLayer::custom(|_| {
             Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", "An unexpected error occurred and was logged.")
                 .into_response()
@@ -178,6 +183,29 @@ pub fn app(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
         .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, SequentialRequestId))
         .with_state(state)
+}
+
+/// Answers 503 when a request outlives its limit; dropping the handler rolls back its open
+/// transaction.
+async fn limit_duration(request: Request, next: Next) -> Response {
+    let limit = if BULK_IMPORT_PATHS.contains(&request.uri().path()) {
+        BULK_IMPORT_DURATION_MAX
+    } else {
+        REQUEST_DURATION_MAX
+    };
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "Request took too long",
+            format!(
+                "the request did not finish within {} s and was stopped; what it had not committed was rolled back",
+                limit.as_secs()
+            ),
+        )
+        .into_response(),
+    }
 }
 
 async fn ready(State(state): State<AppState>) -> Response {
