@@ -158,6 +158,38 @@ on_both_backends! {
         assert_eq!(app.row_counts().await, before);
     }
 
+    async fn a_batch_whose_sums_overflow_a_balance_writes_nothing(app: TestApp) {
+        // Each amount is within bounds, but 10,000 of the largest on one account add up to more
+        // than a balance holds. Large enough for SQLite's direct write path, where the rows are
+        // built while earlier ones are written: the sums are checked before any row goes.
+        let before = app.row_counts().await;
+        let audit_before = app.get("/api/v1/audit/verification").await;
+        let largest = "10000000000000.00";
+        let half_lines = 500;
+        let entries: Vec<Value> = (0..20)
+            .map(|n| {
+                let debits = (0..half_lines).map(|_| json!({ "account": "1020", "debit": largest }));
+                let credits = (0..half_lines).map(|_| json!({ "account": "4000", "credit": largest }));
+                json!({ "date": format!("2025-03-{:02}", 1 + n), "memo": "too much", "lines": debits.chain(credits).collect::<Vec<_>>() })
+            })
+            .collect();
+        let reply = app.post("/api/v1/ledger/entries:batch", json!({ "entries": entries })).await;
+        reply.assert_problem(422, &["lines"]);
+        assert!(reply.text.contains("more than a balance can hold"), "{}", reply.text);
+        assert_eq!(app.row_counts().await, before, "nothing of the batch is written");
+        let audit_after = app.get("/api/v1/audit/verification").await;
+        assert_eq!(audit_after.body["intact"], true, "{}", audit_after.text);
+        assert_eq!(audit_after.body["records"], audit_before.body["records"], "no audit record either");
+
+        // The same entries without the overflow post whole.
+        let fine: Vec<Value> = (0..600)
+            .map(|n| simple_entry(&format!("2025-03-{:02}", 1 + n % 28), "1020", "4000", "1.00"))
+            .collect();
+        let posted = app.post("/api/v1/ledger/entries:batch", json!({ "entries": fine })).await;
+        assert_eq!(posted.status, 201, "{}", posted.text);
+        assert_eq!(app.row_counts().await, (before.0 + 600, before.1 + 1200));
+    }
+
     async fn a_bad_idempotency_key_header_is_refused(app: TestApp) {
         let reply = app.post_keyed("/api/v1/ledger/entries", &"k".repeat(300), simple_entry("2025-03-10", "1020", "4000", "1.00")).await;
         reply.assert_problem(400, &["Idempotency-Key"]);

@@ -155,10 +155,10 @@ pub async fn append_many(tx: &mut Tx, events: &[(&Origin, Event)]) -> anyhow::Re
     }
     let occurred_at = timestamp(Utc::now());
     if let Some(head) = tx.known_chain_head() {
-        let records = chain(&head, &occurred_at, events);
-        match insert_records(tx, &records).await {
-            Ok(head) => {
-                tx.chain_head_advanced(head);
+        let (writes, head) = record_writes(&head, chain(&head, &occurred_at, events));
+        match crate::db::rows::write(tx, &writes).await {
+            Ok(()) => {
+                appended(tx, head, events.len());
                 return Ok(());
             }
             Err(error) if SEQ_TAKEN.is_violated_by(&error) => tx.forget_chain_head(),
@@ -166,10 +166,27 @@ pub async fn append_many(tx: &mut Tx, events: &[(&Origin, Event)]) -> anyhow::Re
         }
     }
     let head = read_head(tx).await?;
-    let records = chain(&head, &occurred_at, events);
-    let head = insert_records(tx, &records).await?;
-    tx.chain_head_advanced(head);
+    let (writes, head) = record_writes(&head, chain(&head, &occurred_at, events));
+    crate::db::rows::write(tx, &writes).await?;
+    appended(tx, head, events.len());
     Ok(())
+}
+
+/// The writes that append `events` after `head`, which the transaction has read
+/// ([`read_head`]): the records, hashed in order, and the head's move. They are built apart
+/// from the transaction (on another thread while other rows are written, say); once they are
+/// written, pass the new head they return to [`appended`].
+pub fn append_writes(
+    head: &ChainHead,
+    events: &[(&Origin, Event)],
+) -> (Vec<crate::db::rows::Write<'static>>, ChainHead) {
+    record_writes(head, chain(head, &timestamp(Utc::now()), events))
+}
+
+/// Notes that `count` records were written up to `head` by [`append_writes`]'s writes.
+pub fn appended(tx: &mut Tx, head: ChainHead, count: usize) {
+    tx.chain_head_advanced(head);
+    metrics::counter!("keel_audit_records_total").increment(count as u64);
 }
 
 /// The audit log's primary key: a sequence number someone else appended first.
@@ -179,8 +196,8 @@ const SEQ_TAKEN: crate::db::UniqueConstraint = crate::db::UniqueConstraint {
 };
 
 /// Reads the head, locking it: this serializes appends from concurrent transactions (and
-/// processes).
-async fn read_head(tx: &mut Tx) -> anyhow::Result<ChainHead> {
+/// processes). On SQLite the transaction's write lock does that.
+pub async fn read_head(tx: &mut Tx) -> anyhow::Result<ChainHead> {
     let lock = tx.lock_for_update();
     Ok(on_conn!(tx, conn => {
         let row = sqlx::query(&format!("SELECT last_seq, last_hash FROM audit_chain_head WHERE id = 1{lock}"))
@@ -218,11 +235,15 @@ fn chain(head: &ChainHead, occurred_at: &str, events: &[(&Origin, Event)]) -> Ve
     records
 }
 
-/// Inserts the records and moves the head to the last of them; returns the new head.
-async fn insert_records(tx: &mut Tx, records: &[Record]) -> anyhow::Result<ChainHead> {
-    use crate::db::rows::{self, Value, Write};
+/// The writes that insert `records`, chained in order after `head`, and move the head to the
+/// last of them; with that new head. No records, no writes.
+fn record_writes(
+    head: &ChainHead,
+    records: Vec<Record>,
+) -> (Vec<crate::db::rows::Write<'static>>, ChainHead) {
+    use crate::db::rows::{Value, Write};
     let Some(last) = records.last() else {
-        anyhow::bail!("no audit records to insert");
+        return (Vec::new(), head.clone());
     };
     let head = ChainHead {
         seq: last.seq,
@@ -232,21 +253,21 @@ async fn insert_records(tx: &mut Tx, records: &[Record]) -> anyhow::Result<Chain
     for r in records {
         values.extend([
             Value::Int(Some(r.seq)),
-            Value::Text(Some(&r.occurred_at)),
+            Value::OwnedText(Some(r.occurred_at)),
             Value::Int(r.company_id),
             Value::Int(r.actor_user_id),
-            Value::Text(r.actor_plugin.as_deref()),
-            Value::Text(Some(&r.action)),
-            Value::Text(Some(&r.object_type)),
-            Value::Text(Some(&r.object_id)),
-            Value::Text(Some(&r.change)),
-            Value::Text(r.request_id.as_deref()),
-            Value::Text(r.idempotency_key.as_deref()),
-            Value::Text(Some(&r.prev_hash)),
-            Value::Text(Some(&r.hash)),
+            Value::OwnedText(r.actor_plugin),
+            Value::OwnedText(Some(r.action)),
+            Value::OwnedText(Some(r.object_type)),
+            Value::OwnedText(Some(r.object_id)),
+            Value::OwnedText(Some(r.change)),
+            Value::OwnedText(r.request_id),
+            Value::OwnedText(r.idempotency_key),
+            Value::OwnedText(Some(r.prev_hash)),
+            Value::OwnedText(Some(r.hash)),
         ]);
     }
-    let writes = [
+    let writes = vec![
         Write::Rows {
             insert: "INSERT INTO audit_log (seq, occurred_at, company_id, actor_user_id, actor_plugin, action, \
                      object_type, object_id, change, request_id, idempotency_key, prev_hash, hash)"
@@ -257,12 +278,13 @@ async fn insert_records(tx: &mut Tx, records: &[Record]) -> anyhow::Result<Chain
         },
         Write::Once {
             sql: "UPDATE audit_chain_head SET last_seq = $1, last_hash = $2 WHERE id = 1",
-            values: vec![Value::Int(Some(head.seq)), Value::Text(Some(&head.hash))],
+            values: vec![
+                Value::Int(Some(head.seq)),
+                Value::OwnedText(Some(head.hash.clone())),
+            ],
         },
     ];
-    rows::write(tx, &writes).await?;
-    metrics::counter!("keel_audit_records_total").increment(records.len() as u64);
-    Ok(head)
+    (writes, head)
 }
 
 /// Records a security event (a failed login, a denied permission) in its own transaction: the

@@ -8,6 +8,10 @@
 //! time. A few rows (a commit group of single entries) cost less through the driver, whose
 //! prepared statements outlive the call: there, and always on PostgreSQL, the rows go as
 //! multi-row statements, each bound while the one before it runs.
+//!
+//! A large write can also be produced while it is written ([`write_produced`]): the rows of the
+//! next table are built on a second thread while SQLite inserts those of the one before, so
+//! the writing thread, which holds the database's only write lock, does little but write.
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 
@@ -19,6 +23,8 @@ use crate::on_conn;
 pub enum Value<'a> {
     Int(Option<i64>),
     Text(Option<&'a str>),
+    /// Text built for this write (a number formatted, a record hashed).
+    OwnedText(Option<String>),
     /// DATE on PostgreSQL, `YYYY-MM-DD` on SQLite.
     Date(NaiveDate),
     /// TIMESTAMPTZ on PostgreSQL, RFC 3339 text on SQLite (as the driver writes it).
@@ -63,29 +69,84 @@ impl Write<'_> {
     }
 }
 
+/// Whether `rows` rows written in `tx` go straight through SQLite's C API (see the module's
+/// documentation).
+pub fn is_direct(tx: &Tx, rows: usize) -> bool {
+    matches!(tx, Tx::Sqlite(_)) && rows >= DIRECT_ROWS_MIN
+}
+
 /// Runs `writes` in order in the transaction. A failing statement leaves the transaction
 /// usable on SQLite (only that statement is undone); on PostgreSQL the transaction is aborted.
 pub async fn write(tx: &mut Tx, writes: &[Write<'_>]) -> anyhow::Result<()> {
     let rows: usize = writes.iter().map(Write::rows).sum();
     match tx {
         Tx::Sqlite(tx) if rows >= DIRECT_ROWS_MIN => {
-            let mut handle = tx.lock_handle().await?;
-            let raw = handle.as_raw_handle();
-            let run = || {
-                // SAFETY: the locked handle gives this thread sole use of the open connection
-                // until it is dropped, which is after `conn` is: `conn` only borrows the handle
-                // (it does not close it) and finalizes its statements when dropped.
-                #[allow(unsafe_code, reason = "borrowing the driver's open SQLite connection")]
-                let conn = unsafe { rusqlite::Connection::from_handle(raw.as_ptr()) }?;
-                sqlite_write(&conn, writes)
-            };
-            // The statements run on this thread: let the runtime move its other tasks away.
-            match tokio::runtime::Handle::current().runtime_flavor() {
-                tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(run),
-                _ => run(),
-            }
+            on_direct_connection(tx, |conn| sqlite_write(conn, writes)).await
         }
         _ => driver_write(tx, writes).await,
+    }
+}
+
+/// Runs, in order, the writes `produce` hands to its argument, and returns what `produce`
+/// returns. `rows` is about how many rows they hold: when they go straight through SQLite's C
+/// API, `produce` runs on a thread of its own and each write runs as soon as it is handed over,
+/// while the next is being built. Otherwise `produce` runs first and its writes then go as
+/// [`write`] sends them. A failing write fails the whole call; the transaction is then as
+/// [`write`] leaves it.
+pub async fn write_produced<'a, T, P>(tx: &mut Tx, rows: usize, produce: P) -> anyhow::Result<T>
+where
+    T: Send,
+    P: FnOnce(&mut dyn FnMut(Write<'a>)) -> T + Send,
+{
+    match tx {
+        Tx::Sqlite(tx) if rows >= DIRECT_ROWS_MIN => {
+            on_direct_connection(tx, |conn| {
+                std::thread::scope(|scope| {
+                    let (sender, receiver) = std::sync::mpsc::channel();
+                    let producer = scope.spawn(move || {
+                        // A write the consumer no longer takes (it failed) is dropped.
+                        produce(&mut |write| drop(sender.send(write)))
+                    });
+                    let written = receiver
+                        .iter()
+                        .try_for_each(|write| sqlite_write(conn, std::slice::from_ref(&write)));
+                    drop(receiver);
+                    let produced = producer
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    written.map(|()| produced)
+                })
+            })
+            .await
+        }
+        _ => {
+            let mut writes = Vec::new();
+            let produced = produce(&mut |write| writes.push(write));
+            driver_write(tx, &writes).await?;
+            Ok(produced)
+        }
+    }
+}
+
+/// Runs `run` with the transaction's open SQLite connection, on this thread.
+async fn on_direct_connection<T>(
+    tx: &mut super::SqliteTx,
+    run: impl FnOnce(&rusqlite::Connection) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let mut handle = tx.lock_handle().await?;
+    let raw = handle.as_raw_handle();
+    let run = || {
+        // SAFETY: the locked handle gives this thread sole use of the open connection until it
+        // is dropped, which is after `conn` is: `conn` only borrows the handle (it does not
+        // close it) and finalizes its statements when dropped.
+        #[allow(unsafe_code, reason = "borrowing the driver's open SQLite connection")]
+        let conn = unsafe { rusqlite::Connection::from_handle(raw.as_ptr()) }?;
+        run(&conn)
+    };
+    // The statements run on this thread: let the runtime move its other tasks away.
+    match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(run),
+        _ => run(),
     }
 }
 
@@ -127,13 +188,14 @@ impl rusqlite::ToSql for Value<'_> {
         Ok(match self {
             Self::Int(Some(value)) => ToSqlOutput::Owned(Owned::Integer(*value)),
             Self::Text(Some(text)) => ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes())),
+            Self::OwnedText(Some(text)) => ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes())),
             Self::Date(date) => ToSqlOutput::Owned(Owned::Text(SqlDate(*date).text())),
             Self::Time(at) => ToSqlOutput::Owned(Owned::Text(
                 at.to_rfc3339_opts(SecondsFormat::AutoSi, false),
             )),
             Self::Bool(flag) => ToSqlOutput::Owned(Owned::Integer(i64::from(*flag))),
             Self::Json(Some(json)) => ToSqlOutput::Owned(Owned::Text(json.to_string())),
-            Self::Int(None) | Self::Text(None) | Self::Json(None) => {
+            Self::Int(None) | Self::Text(None) | Self::OwnedText(None) | Self::Json(None) => {
                 ToSqlOutput::Owned(Owned::Null)
             }
         })
@@ -184,6 +246,7 @@ async fn driver_write(tx: &mut Tx, writes: &[Write<'_>]) -> anyhow::Result<()> {
                 query = match value {
                     Value::Int(value) => query.bind(*value),
                     Value::Text(value) => query.bind(*value),
+                    Value::OwnedText(value) => query.bind(value.as_deref()),
                     Value::Date(date) => query.bind(SqlDate(*date)),
                     Value::Time(at) => query.bind(*at),
                     Value::Bool(flag) => query.bind(*flag),

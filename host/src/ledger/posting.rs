@@ -393,8 +393,8 @@ pub async fn post_jobs(
     jobs: &[Job<'_>],
     posted_at: DateTime<Utc>,
 ) -> anyhow::Result<Vec<Result<Vec<Posted>>>> {
-    let (results, records) = post_jobs_audit_later(tx, company, jobs, posted_at).await?;
-    audit::append_many(tx, &records).await?;
+    let (results, unwritten) = post(tx, company, jobs, posted_at, Audit::Append).await?;
+    audit::append_many(tx, &unwritten).await?;
     Ok(results)
 }
 
@@ -405,6 +405,26 @@ pub async fn post_jobs_audit_later<'a>(
     company: &Company,
     jobs: &[Job<'a>],
     posted_at: DateTime<Utc>,
+) -> anyhow::Result<(Vec<Result<Vec<Posted>>>, Vec<(&'a Origin, Event)>)> {
+    post(tx, company, jobs, posted_at, Audit::Return).await
+}
+
+/// What becomes of the audit records of the entries [`post`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Audit {
+    /// Appended by [`post`] when it writes them with the rows (a large write); else returned.
+    Append,
+    /// Returned to the caller.
+    Return,
+}
+
+/// Posts the jobs; returns, with the results, the audit events it did not append.
+async fn post<'a>(
+    tx: &mut Tx,
+    company: &Company,
+    jobs: &[Job<'a>],
+    posted_at: DateTime<Utc>,
+    audit: Audit,
 ) -> anyhow::Result<(Vec<Result<Vec<Posted>>>, Vec<(&'a Origin, Event)>)> {
     let lookups = load_lookups(tx, company, jobs).await?;
     let mut claimed_keys = HashMap::new();
@@ -429,30 +449,26 @@ pub async fn post_jobs_audit_later<'a>(
         .iter()
         .map(|origin| origin.actor.user_id)
         .collect();
-    let balance_result = write_entries(
-        tx,
+    let new = NewEntries {
         company,
-        &lookups,
-        &new_drafts,
-        &ids,
-        &posters,
+        lookups: &lookups,
+        drafts: &new_drafts,
+        origins: &new_origins,
+        ids: &ids,
+        posters: &posters,
         posted_at,
-    )
-    .await?;
-    if let Err(message) = balance_result {
-        // Only sums beyond i64 get here: refuse every job rather than store a wrong balance.
-        let refused = jobs
-            .iter()
-            .map(|_| Err(Error::invalid("lines", message.clone())))
-            .collect();
-        return Ok((refused, Vec::new()));
-    }
-    let events: Vec<(&Origin, Event)> = new_drafts
-        .iter()
-        .zip(&ids)
-        .zip(&new_origins)
-        .map(|((draft, id), origin)| (*origin, audit_event(company, *id, draft)))
-        .collect();
+    };
+    let events = match write_entries(tx, &new, audit).await? {
+        Ok(events) => events,
+        Err(message) => {
+            // Only sums beyond i64 get here: refuse every job rather than store a wrong balance.
+            let refused = jobs
+                .iter()
+                .map(|_| Err(Error::invalid("lines", message.clone())))
+                .collect();
+            return Ok((refused, Vec::new()));
+        }
+    };
     publish_posted(tx, company, &new_drafts, &ids).await?;
 
     // Whole views only for single-entry jobs: a batch answers with ids, and building views for
@@ -660,21 +676,72 @@ fn period_upserts<'a>(
     }
 }
 
-/// Inserts the entries, their lines and the balance changes. The inner error reports sums
-/// that do not fit the balance columns; then nothing is written.
-async fn write_entries(
-    tx: &mut Tx,
-    company: &Company,
-    lookups: &Lookups,
-    drafts: &[&EntryDraft],
-    ids: &[i64],
-    posters: &[Option<i64>],
+/// The entries a group writes, with what writing them needs.
+struct NewEntries<'g, 'a> {
+    company: &'g Company,
+    lookups: &'g Lookups,
+    drafts: &'g [&'a EntryDraft],
+    origins: &'g [&'a Origin],
+    ids: &'g [i64],
+    posters: &'g [Option<i64>],
     posted_at: DateTime<Utc>,
-) -> anyhow::Result<Result<(), String>> {
-    if drafts.is_empty() {
-        return Ok(Ok(()));
+}
+
+/// Inserts the entries, their lines and the balance changes, and with a large write (a batch
+/// import) the entries' audit records; returns the audit events left for the caller. The rows
+/// of each table are built while those of the one before are written. The inner error reports
+/// sums that do not fit the balance columns; then nothing is written.
+async fn write_entries<'a>(
+    tx: &mut Tx,
+    new: &NewEntries<'_, 'a>,
+    audit: Audit,
+) -> anyhow::Result<Result<Vec<(&'a Origin, Event)>, String>> {
+    if new.drafts.is_empty() {
+        return Ok(Ok(Vec::new()));
     }
-    let lines: Vec<(i64, usize, &EntryDraft, &super::model::LineDraft)> = drafts
+    let rows = new.drafts.len() + new.drafts.iter().map(|d| d.lines.len()).sum::<usize>();
+    // A large write chains the audit records with the rows, on the producing thread, after the
+    // head read here (exact: the transaction holds SQLite's write lock). A small one leaves
+    // them to `audit::append_many`, which starts from the head the process already knows.
+    let audit_head = if audit == Audit::Append && rows::is_direct(tx, rows) {
+        Some(audit::read_head(tx).await?)
+    } else {
+        None
+    };
+    let produced = rows::write_produced(tx, rows, |write| {
+        produce_entry_writes(new, audit_head.as_ref(), write)
+    })
+    .await?;
+    Ok(produced.map(|(events, appended)| {
+        if let Some(head) = appended {
+            audit::appended(tx, head, new.drafts.len());
+        }
+        events
+    }))
+}
+
+/// The writes of [`write_entries`], handed to `write` one table at a time: entries, lines,
+/// daily, monthly and total balances, then (after `audit_head`, when given) the audit records.
+/// Returns the audit events not written, and the chain's new head when they were.
+#[allow(
+    clippy::type_complexity,
+    reason = "the outcome of a producer, destructured right away"
+)]
+fn produce_entry_writes<'a>(
+    new: &NewEntries<'_, 'a>,
+    audit_head: Option<&audit::ChainHead>,
+    write: &mut dyn FnMut(Write<'a>),
+) -> Result<(Vec<(&'a Origin, Event)>, Option<audit::ChainHead>), String> {
+    let NewEntries {
+        company,
+        lookups,
+        drafts,
+        origins,
+        ids,
+        posters,
+        posted_at,
+    } = *new;
+    let lines: Vec<(i64, usize, &'a EntryDraft, &'a super::model::LineDraft)> = drafts
         .iter()
         .zip(ids)
         .flat_map(|(draft, id)| {
@@ -685,10 +752,8 @@ async fn write_entries(
                 .map(move |(n, line)| (*id, n + 1, *draft, line))
         })
         .collect();
-    let (daily, monthly, totals) = match balance_changes(lookups, &lines) {
-        Ok(changes) => changes,
-        Err(message) => return Ok(Err(message)),
-    };
+    // Checked before anything is handed over, so that nothing is written when it fails.
+    let (daily, monthly, totals) = balance_changes(lookups, &lines)?;
 
     let mut entry_values = Vec::with_capacity(drafts.len() * 12);
     for ((draft, id), poster) in drafts.iter().zip(ids).zip(posters) {
@@ -707,12 +772,17 @@ async fn write_entries(
             Value::Int(*poster),
         ]);
     }
-    let rates: Vec<Option<String>> = lines
-        .iter()
-        .map(|(_, _, _, line)| line.rate.map(|r| r.to_string()))
-        .collect();
+    write(Write::Rows {
+        insert: "INSERT INTO ledger_entries (id, company_id, entry_date, memo, kind, source_module, \
+                 source_document, reverses_entry_id, idempotency_key, request_fingerprint, posted_at, posted_by)"
+            .to_owned(),
+        columns: 12,
+        tail: String::new(),
+        values: entry_values,
+    });
+
     let mut line_values = Vec::with_capacity(lines.len() * 12);
-    for ((entry_id, line_no, draft, line), rate) in lines.iter().zip(&rates) {
+    for (entry_id, line_no, draft, line) in &lines {
         line_values.extend([
             Value::Int(Some(*entry_id)),
             Value::Int(Some(i64::try_from(*line_no).unwrap_or(i64::MAX))),
@@ -721,17 +791,38 @@ async fn write_entries(
             Value::Date(draft.date),
             Value::Text(Some(line.currency.code)),
             Value::Int(Some(line.amount_minor)),
-            Value::Text(rate.as_deref()),
+            Value::OwnedText(line.rate.map(|r| r.to_string())),
             Value::Int(Some(line.base_amount_minor)),
             Value::Int(line.party),
             Value::Text(line.memo.as_deref()),
+            // Dimensions are plain strings: they always serialize.
             Value::Json(
                 (!line.dimensions.is_empty())
-                    .then(|| serde_json::to_value(&line.dimensions))
-                    .transpose()?,
+                    .then(|| serde_json::to_value(&line.dimensions).unwrap_or_default()),
             ),
         ]);
     }
+    write(Write::Rows {
+        insert: "INSERT INTO ledger_lines (entry_id, line_no, company_id, account_id, entry_date, currency, \
+                 amount_minor, rate, base_amount_minor, party_id, memo, dimensions)"
+            .to_owned(),
+        columns: 12,
+        tail: String::new(),
+        values: line_values,
+    });
+
+    write(period_upserts(
+        "ledger_balances_daily",
+        "day",
+        company,
+        &daily,
+    ));
+    write(period_upserts(
+        "ledger_balances_monthly",
+        "month",
+        company,
+        &monthly,
+    ));
     let mut total_values = Vec::with_capacity(totals.len() * 8);
     for ((account_id, currency), (sums, last_day)) in &totals {
         total_values.extend([
@@ -742,42 +833,35 @@ async fn write_entries(
         ]);
         total_values.extend(sums.values());
     }
-    let writes = [
-        Write::Rows {
-            insert: "INSERT INTO ledger_entries (id, company_id, entry_date, memo, kind, source_module, \
-                     source_document, reverses_entry_id, idempotency_key, request_fingerprint, posted_at, posted_by)"
-                .to_owned(),
-            columns: 12,
-            tail: String::new(),
-            values: entry_values,
-        },
-        Write::Rows {
-            insert: "INSERT INTO ledger_lines (entry_id, line_no, company_id, account_id, entry_date, currency, \
-                     amount_minor, rate, base_amount_minor, party_id, memo, dimensions)"
-                .to_owned(),
-            columns: 12,
-            tail: String::new(),
-            values: line_values,
-        },
-        period_upserts("ledger_balances_daily", "day", company, &daily),
-        period_upserts("ledger_balances_monthly", "month", company, &monthly),
-        Write::Rows {
-            insert: "INSERT INTO ledger_balances AS b (company_id, account_id, currency, last_day, debit_minor, \
-                     credit_minor, base_debit_minor, base_credit_minor)"
-                .to_owned(),
-            columns: 8,
-            tail: "ON CONFLICT (company_id, account_id, currency) DO UPDATE SET \
-                   last_day = CASE WHEN excluded.last_day > b.last_day THEN excluded.last_day ELSE b.last_day END, \
-                   debit_minor = b.debit_minor + excluded.debit_minor, \
-                   credit_minor = b.credit_minor + excluded.credit_minor, \
-                   base_debit_minor = b.base_debit_minor + excluded.base_debit_minor, \
-                   base_credit_minor = b.base_credit_minor + excluded.base_credit_minor"
-                .to_owned(),
-            values: total_values,
-        },
-    ];
-    rows::write(tx, &writes).await?;
-    Ok(Ok(()))
+    write(Write::Rows {
+        insert: "INSERT INTO ledger_balances AS b (company_id, account_id, currency, last_day, debit_minor, \
+                 credit_minor, base_debit_minor, base_credit_minor)"
+            .to_owned(),
+        columns: 8,
+        tail: "ON CONFLICT (company_id, account_id, currency) DO UPDATE SET \
+               last_day = CASE WHEN excluded.last_day > b.last_day THEN excluded.last_day ELSE b.last_day END, \
+               debit_minor = b.debit_minor + excluded.debit_minor, \
+               credit_minor = b.credit_minor + excluded.credit_minor, \
+               base_debit_minor = b.base_debit_minor + excluded.base_debit_minor, \
+               base_credit_minor = b.base_credit_minor + excluded.base_credit_minor"
+            .to_owned(),
+        values: total_values,
+    });
+
+    let events: Vec<(&'a Origin, Event)> = drafts
+        .iter()
+        .zip(ids)
+        .zip(origins)
+        .map(|((draft, id), origin)| (*origin, audit_event(company, *id, draft)))
+        .collect();
+    Ok(match audit_head {
+        Some(head) => {
+            let (writes, head) = audit::append_writes(head, &events);
+            writes.into_iter().for_each(&mut *write);
+            (Vec::new(), Some(head))
+        }
+        None => (events, None),
+    })
 }
 
 /// The audit record of a posted entry: what was posted, in compact form (lines as
