@@ -549,9 +549,54 @@ async fn main() -> anyhow::Result<()> {
             these[these.len() * 99 / 100].as_secs_f64() * 1e3
         );
     }
+    audit_lookups(&http, &server, &args).await?;
     println!(
         "resident memory after the run: {:.1} MB",
         server.resident_bytes()? as f64 / 1e6
+    );
+    Ok(())
+}
+
+/// The audit trail of one posted entry, looked up by object among the records of every entry
+/// posted so far (one per entry): what an auditor asks of a large ledger.
+async fn audit_lookups(http: &reqwest::Client, server: &Server, args: &Args) -> anyhow::Result<()> {
+    let oldest: Value = check(
+        http.get(server.url("/api/v1/audit?limit=1&object_type=ledger.entry"))
+            .send()
+            .await?,
+        "the first audit record of an entry",
+    )
+    .await?;
+    let first_id: i64 = oldest["records"][0]["object_id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .context("the first entry's audit record")?;
+    let entries = i64::try_from(args.trial_balance_lines / 2)?;
+    let mut latencies = Vec::with_capacity(args.trial_balance_requests);
+    for request in 0..args.trial_balance_requests {
+        // Spread over the whole ledger, oldest to newest.
+        let id = first_id + (i64::try_from(request)? * 7_919) % entries;
+        let started = Instant::now();
+        let body = check(
+            http.get(server.url(&format!(
+                "/api/v1/audit?object_type=ledger.entry&object_id={id}"
+            )))
+            .send()
+            .await?,
+            "the audit trail of an entry",
+        )
+        .await?;
+        latencies.push(started.elapsed());
+        ensure!(
+            body["records"].as_array().map(Vec::len) == Some(1),
+            "entry {id} has not exactly one audit record: {body}"
+        );
+    }
+    latencies.sort_unstable();
+    println!(
+        "audit trail of one entry among ~{entries} entries' records: p50 {:.2} ms, p99 {:.2} ms (client-side, HTTP included)",
+        latencies[latencies.len() / 2].as_secs_f64() * 1e3,
+        latencies[latencies.len() * 99 / 100].as_secs_f64() * 1e3
     );
     Ok(())
 }

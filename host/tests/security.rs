@@ -306,6 +306,27 @@ on_both_backends! {
         let next = page.body["next"].as_i64().expect("a cursor");
         let rest = app.get(&format!("/api/v1/audit?limit=2&after={next}")).await;
         assert!(rest.body["records"][0]["seq"].as_i64().expect("seq") > next);
+
+        // Every filter at once; the time window is from (inclusive) to (exclusive).
+        let occurred_at = record["occurred_at"].as_str().expect("occurred_at");
+        let at: chrono::DateTime<chrono::Utc> = occurred_at.parse().expect("an RFC 3339 time");
+        let micro = chrono::Duration::microseconds(1);
+        let window = |from: chrono::DateTime<chrono::Utc>, to: chrono::DateTime<chrono::Utc>| {
+            let rfc3339 = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            format!(
+                "object_type=ledger.entry&object_id={id}&actor={}&action=ledger.entries:post&from={}&to={}",
+                app.admin_id,
+                rfc3339(from),
+                rfc3339(to)
+            )
+        };
+        assert_eq!(audit_records(&app, &window(at, at + micro)).await.len(), 1);
+        assert!(audit_records(&app, &window(at + micro, at + micro * 2)).await.is_empty());
+        assert!(audit_records(&app, &window(at - micro, at)).await.is_empty());
+        let wrong_action = format!("object_type=ledger.entry&object_id={id}&action=ledger.entries:reverse");
+        assert!(audit_records(&app, &wrong_action).await.is_empty());
+        let other_actor = format!("object_id={id}&actor={}", app.admin_id + 1000);
+        assert!(audit_records(&app, &other_actor).await.is_empty());
         let verification = app.get("/api/v1/audit/verification").await;
         assert_eq!(verification.body["intact"], true, "{}", verification.text);
     }

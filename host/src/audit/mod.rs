@@ -489,33 +489,52 @@ pub async fn list(
     filter: &Filter,
     limit: i64,
 ) -> Result<Vec<Record>> {
-    let from = filter.from.map(timestamp);
-    let to = filter.to.map(timestamp);
+    // Only the filters given become conditions: `$n IS NULL OR column = $n` would keep the
+    // planner from the indexes by object, actor and action, and scan the whole trail.
+    let mut params = vec![
+        Param::Int(Some(filter.after.unwrap_or(0))),
+        Param::Int(Some(company_id)),
+    ];
+    let mut conditions = String::new();
+    let optional = [
+        (
+            "object_type =",
+            filter.object_type.clone().map(|v| Param::Text(Some(v))),
+        ),
+        (
+            "object_id =",
+            filter.object_id.clone().map(|v| Param::Text(Some(v))),
+        ),
+        ("actor_user_id =", filter.actor.map(|v| Param::Int(Some(v)))),
+        (
+            "action =",
+            filter.action.clone().map(|v| Param::Text(Some(v))),
+        ),
+        (
+            "occurred_at >=",
+            filter.from.map(|v| Param::Text(Some(timestamp(v)))),
+        ),
+        (
+            "occurred_at <",
+            filter.to.map(|v| Param::Text(Some(timestamp(v)))),
+        ),
+    ];
+    for (condition, value) in optional {
+        if let Some(value) = value {
+            params.push(value);
+            conditions.push_str(&format!(" AND {condition} ${}", params.len()));
+        }
+    }
+    params.push(Param::Int(Some(limit)));
     let sql = format!(
-        "SELECT {} FROM audit_log WHERE seq > $1 AND (company_id IS NULL OR company_id = $2) \
-         AND ($3 IS NULL OR object_type = $3) AND ($4 IS NULL OR object_id = $4) \
-         AND ($5 IS NULL OR actor_user_id = $5) AND ($6 IS NULL OR action = $6) \
-         AND ($7 IS NULL OR occurred_at >= $7) AND ($8 IS NULL OR occurred_at < $8) \
-         ORDER BY seq LIMIT $9",
-        RECORD_COLUMNS.join(", ")
+        "SELECT {} FROM audit_log WHERE seq > $1 AND (company_id IS NULL OR company_id = $2){conditions} \
+         ORDER BY seq LIMIT ${}",
+        RECORD_COLUMNS.join(", "),
+        params.len()
     );
     let mut tx = db.begin_read().await?;
     let mut records = tx
-        .fetch_packed(
-            &sql,
-            &RECORD_COLUMNS,
-            &[
-                Param::Int(Some(filter.after.unwrap_or(0))),
-                Param::Int(Some(company_id)),
-                Param::Text(filter.object_type.clone()),
-                Param::Text(filter.object_id.clone()),
-                Param::Int(filter.actor),
-                Param::Text(filter.action.clone()),
-                Param::Text(from),
-                Param::Text(to),
-                Param::Int(Some(limit)),
-            ],
-        )
+        .fetch_packed(&sql, &RECORD_COLUMNS, &params)
         .await?
         .iter()
         .map(record_from)
