@@ -268,14 +268,12 @@ fn record_writes(
         ]);
     }
     let writes = vec![
-        Write::Rows {
-            insert: "INSERT INTO audit_log (seq, occurred_at, company_id, actor_user_id, actor_plugin, action, \
-                     object_type, object_id, change, request_id, idempotency_key, prev_hash, hash)"
-                .to_owned(),
-            columns: 13,
-            tail: String::new(),
+        Write::insert(
+            "INSERT INTO audit_log (seq, occurred_at, company_id, actor_user_id, actor_plugin, action, \
+             object_type, object_id, change, request_id, idempotency_key, prev_hash, hash)",
+            13,
             values,
-        },
+        ),
         Write::Once {
             sql: "UPDATE audit_chain_head SET last_seq = $1, last_hash = $2 WHERE id = 1",
             values: vec![

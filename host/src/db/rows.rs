@@ -58,7 +58,17 @@ pub enum Write<'a> {
 /// round trips.
 const DIRECT_ROWS_MIN: usize = 1_000;
 
-impl Write<'_> {
+impl<'a> Write<'a> {
+    /// Plain inserts: `insert` (`INSERT INTO table (columns…)`) with `columns` values per row.
+    pub fn insert(insert: impl Into<String>, columns: usize, values: Vec<Value<'a>>) -> Self {
+        Self::Rows {
+            insert: insert.into(),
+            columns,
+            tail: String::new(),
+            values,
+        }
+    }
+
     fn rows(&self) -> usize {
         match self {
             Self::Rows {

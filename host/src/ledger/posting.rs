@@ -772,14 +772,12 @@ fn produce_entry_writes<'a>(
             Value::Int(*poster),
         ]);
     }
-    write(Write::Rows {
-        insert: "INSERT INTO ledger_entries (id, company_id, entry_date, memo, kind, source_module, \
-                 source_document, reverses_entry_id, idempotency_key, request_fingerprint, posted_at, posted_by)"
-            .to_owned(),
-        columns: 12,
-        tail: String::new(),
-        values: entry_values,
-    });
+    write(Write::insert(
+        "INSERT INTO ledger_entries (id, company_id, entry_date, memo, kind, source_module, \
+         source_document, reverses_entry_id, idempotency_key, request_fingerprint, posted_at, posted_by)",
+        12,
+        entry_values,
+    ));
 
     let mut line_values = Vec::with_capacity(lines.len() * 12);
     for (entry_id, line_no, draft, line) in &lines {
@@ -802,14 +800,12 @@ fn produce_entry_writes<'a>(
             ),
         ]);
     }
-    write(Write::Rows {
-        insert: "INSERT INTO ledger_lines (entry_id, line_no, company_id, account_id, entry_date, currency, \
-                 amount_minor, rate, base_amount_minor, party_id, memo, dimensions)"
-            .to_owned(),
-        columns: 12,
-        tail: String::new(),
-        values: line_values,
-    });
+    write(Write::insert(
+        "INSERT INTO ledger_lines (entry_id, line_no, company_id, account_id, entry_date, currency, \
+         amount_minor, rate, base_amount_minor, party_id, memo, dimensions)",
+        12,
+        line_values,
+    ));
 
     write(period_upserts(
         "ledger_balances_daily",

@@ -407,17 +407,16 @@ pub async fn insert_many(
             values.push(Value::Text(Some(&derived.search_text)));
         }
     }
-    let rows = Write::Rows {
-        insert: format!(
+    let rows = Write::insert(
+        format!(
             "INSERT INTO parties (id, company_id, display_name, created_at, kind, legal_name, status, owner_user_id, \
              default_currency, payment_terms_days, credit_limit_minor, roles, tags, addresses, emails, phones, \
              tax_ids, external_ids, custom_fields, sort_name{})",
             if text_on_row { ", search_text" } else { "" }
         ),
         columns,
-        tail: String::new(),
         values,
-    };
+    );
     rows::write(tx, &[rows]).await?;
     write_derived(tx, company, &items).await?;
     Ok(ids)
@@ -522,19 +521,16 @@ async fn write_derived(
         }
     }
     let writes = [
-        Write::Rows {
-            insert: "INSERT INTO party_keys (company_id, kind, value, party_id)".to_owned(),
-            columns: 4,
-            tail: String::new(),
-            values: keys,
-        },
-        Write::Rows {
-            insert: "INSERT INTO party_relationships (company_id, party_id, kind, related_party_id, title)"
-                .to_owned(),
-            columns: 5,
-            tail: String::new(),
-            values: relationships,
-        },
+        Write::insert(
+            "INSERT INTO party_keys (company_id, kind, value, party_id)",
+            4,
+            keys,
+        ),
+        Write::insert(
+            "INSERT INTO party_relationships (company_id, party_id, kind, related_party_id, title)",
+            5,
+            relationships,
+        ),
     ];
     rows::write(tx, &writes).await?;
     if tx.backend() == Backend::Sqlite {
