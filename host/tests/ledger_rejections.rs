@@ -188,6 +188,22 @@ on_both_backends! {
         let posted = app.post("/api/v1/ledger/entries:batch", json!({ "entries": fine })).await;
         assert_eq!(posted.status, 201, "{}", posted.text);
         assert_eq!(app.row_counts().await, (before.0 + 600, before.1 + 1200));
+
+        // Amounts that add up to more than a balance holds in total, but not on any one
+        // account: the sums are checked exactly, and the batch posts whole.
+        let large: Vec<Value> = (0..10)
+            .map(|n| {
+                let debits = (0..half_lines).map(|_| json!({ "account": "1020", "debit": largest }));
+                let credits = (0..half_lines).map(|_| json!({ "account": "4000", "credit": largest }));
+                json!({ "date": format!("2025-04-{:02}", 1 + n), "memo": "large", "lines": debits.chain(credits).collect::<Vec<_>>() })
+            })
+            .collect();
+        let posted = app.post("/api/v1/ledger/entries:batch", json!({ "entries": large })).await;
+        assert_eq!(posted.status, 201, "{}", posted.text);
+        assert_eq!(app.row_counts().await, (before.0 + 610, before.1 + 11_200));
+        let balance = app.get("/api/v1/ledger/trial-balance?as_of=2025-04-30").await;
+        assert_eq!(balance.body["balanced"], true, "{}", balance.text);
+        assert_eq!(balance.body["total_debit"], "50000000000000600.00", "{}", balance.text);
     }
 
     async fn a_bad_idempotency_key_header_is_refused(app: TestApp) {

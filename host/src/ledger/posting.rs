@@ -598,6 +598,18 @@ async fn allocate_entry_ids(tx: &mut Tx, count: usize) -> anyhow::Result<Vec<i64
 type PeriodBalances<'a> = BTreeMap<(NaiveDate, i64, &'a str, bool), Sums>;
 type TotalBalances<'a> = BTreeMap<(i64, &'a str), (Sums, NaiveDate)>;
 
+/// Whether the absolute amounts of `lines`, added together, fit a balance column (in the
+/// line currency and in base currency): then no balance change of theirs can overflow.
+fn amounts_fit_any_balance(lines: &[(i64, usize, &EntryDraft, &super::model::LineDraft)]) -> bool {
+    let (mut amounts, mut base_amounts) = (0_u128, 0_u128);
+    for (_, _, _, line) in lines {
+        amounts += u128::from(line.amount_minor.unsigned_abs());
+        base_amounts += u128::from(line.base_amount_minor.unsigned_abs());
+    }
+    let limit = u128::from(i64::MAX.unsigned_abs());
+    amounts <= limit && base_amounts <= limit
+}
+
 /// The balance changes of `lines`: per day, per month and in total, per account and currency.
 /// Fails, before anything is written, when a sum does not fit the balance columns.
 #[allow(
@@ -752,8 +764,15 @@ fn produce_entry_writes<'a>(
                 .map(move |(n, line)| (*id, n + 1, *draft, line))
         })
         .collect();
-    // Checked before anything is handed over, so that nothing is written when it fails.
-    let (daily, monthly, totals) = balance_changes(lookups, &lines)?;
+    // A balance overflow must be found before anything is handed over, so that nothing is
+    // written when it is. When all the amounts together fit a balance column no sum can
+    // overflow, and the rows go out while the balances are added up; otherwise the sums are
+    // checked first.
+    let changes = if amounts_fit_any_balance(&lines) {
+        None
+    } else {
+        Some(balance_changes(lookups, &lines)?)
+    };
 
     let mut entry_values = Vec::with_capacity(drafts.len() * 12);
     for ((draft, id), poster) in drafts.iter().zip(ids).zip(posters) {
@@ -807,6 +826,11 @@ fn produce_entry_writes<'a>(
         line_values,
     ));
 
+    let (daily, monthly, totals) = match changes {
+        Some(changes) => changes,
+        None => balance_changes(lookups, &lines)
+            .expect("no sum exceeds the total of the amounts, which fits a balance column"),
+    };
     write(period_upserts(
         "ledger_balances_daily",
         "day",
