@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use chrono::NaiveDate;
+use chrono::{Datelike, Days, Months, NaiveDate};
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -309,6 +309,101 @@ pub const EARLIEST_DATE: NaiveDate = NaiveDate::from_ymd_opt(1900, 1, 1).expect(
 
 /// The latest accounting date the ledger accepts.
 pub const LATEST_DATE: NaiveDate = NaiveDate::from_ymd_opt(9999, 12, 31).expect("a valid date");
+
+/// The periods balances are kept per, besides the running totals, coarsest first. A ten-day
+/// period is the 1st–10th, the 11th–20th or the 21st to the end of a month, so that months
+/// are made of whole ten-day periods and those of whole days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BalancePeriod {
+    Month,
+    TenDays,
+    Day,
+}
+
+impl BalancePeriod {
+    pub const ALL: [Self; 3] = [Self::Month, Self::TenDays, Self::Day];
+
+    /// The table of these balances and its column holding each period's first day.
+    pub fn table(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Month => ("ledger_balances_monthly", "month"),
+            Self::TenDays => ("ledger_balances_ten_day", "start_day"),
+            Self::Day => ("ledger_balances_daily", "day"),
+        }
+    }
+
+    /// The first day of the period holding `date`.
+    pub fn start(self, date: NaiveDate) -> NaiveDate {
+        let first = match self {
+            Self::Month => 1,
+            Self::TenDays => match date.day() {
+                1..=10 => 1,
+                11..=20 => 11,
+                _ => 21,
+            },
+            Self::Day => return date,
+        };
+        date.with_day(first)
+            .expect("days 1, 11 and 21 exist in every month")
+    }
+
+    /// The first day of the period after the one that starts on `start`.
+    pub fn next(self, start: NaiveDate) -> NaiveDate {
+        match self {
+            Self::Month => start + Months::new(1),
+            Self::TenDays if start.day() < 21 => start + Days::new(10),
+            Self::TenDays => Self::Month.next(Self::Month.start(start)),
+            Self::Day => start + Days::new(1),
+        }
+    }
+
+    /// The next finer period, if any.
+    pub fn finer(self) -> Option<Self> {
+        match self {
+            Self::Month => Some(Self::TenDays),
+            Self::TenDays => Some(Self::Day),
+            Self::Day => None,
+        }
+    }
+
+    /// Splits the days `from..=to` into runs of whole periods, each as coarse as fits: whole
+    /// months, then whole ten-day periods at either end, then single days. Each run is the
+    /// period and the first days of its first and last periods (for days, the days).
+    pub fn runs(from: NaiveDate, to: NaiveDate) -> Vec<(Self, NaiveDate, NaiveDate)> {
+        fn split(
+            period: BalancePeriod,
+            from: NaiveDate,
+            to: NaiveDate,
+            runs: &mut Vec<(BalancePeriod, NaiveDate, NaiveDate)>,
+        ) {
+            if from > to {
+                return;
+            }
+            let Some(finer) = period.finer() else {
+                runs.push((period, from, to));
+                return;
+            };
+            let first = match period.start(from) {
+                start if start == from => start,
+                start => period.next(start),
+            };
+            let last = match period.start(to) {
+                start if period.next(start) == to + Days::new(1) => start,
+                start => period.start(start - Days::new(1)),
+            };
+            if first <= last {
+                runs.push((period, first, last));
+                split(finer, from, first - Days::new(1), runs);
+                split(finer, period.next(last), to, runs);
+            } else {
+                split(finer, from, to, runs);
+            }
+        }
+        let mut runs = Vec::new();
+        split(Self::Month, from, to, &mut runs);
+        runs
+    }
+}
 
 /// Parses `YYYY-MM-DD` between 1900-01-01 and 9999-12-31.
 pub fn parse_date(text: &str) -> Result<NaiveDate, String> {
@@ -783,6 +878,43 @@ mod tests {
         assert!(check_balance(&reversal.lines, usd()).is_ok());
     }
 
+    fn date(text: &str) -> NaiveDate {
+        parse_date(text).expect("a date")
+    }
+
+    #[test]
+    fn a_range_splits_into_whole_months_then_ten_days_then_days() {
+        use BalancePeriod::{Day, Month, TenDays};
+        assert_eq!(
+            BalancePeriod::runs(date("2025-01-01"), date("2025-06-15")),
+            vec![
+                (Month, date("2025-01-01"), date("2025-05-01")),
+                (TenDays, date("2025-06-01"), date("2025-06-01")),
+                (Day, date("2025-06-11"), date("2025-06-15")),
+            ]
+        );
+        assert_eq!(
+            BalancePeriod::runs(date("2025-02-09"), date("2025-02-28")),
+            vec![
+                (TenDays, date("2025-02-11"), date("2025-02-21")),
+                (Day, date("2025-02-09"), date("2025-02-10")),
+            ]
+        );
+        assert_eq!(
+            BalancePeriod::runs(date("2024-02-21"), date("2024-02-29")),
+            vec![(TenDays, date("2024-02-21"), date("2024-02-21"))]
+        );
+        assert_eq!(
+            BalancePeriod::runs(date("2025-03-05"), date("2025-03-05")),
+            vec![(Day, date("2025-03-05"), date("2025-03-05"))]
+        );
+        assert!(BalancePeriod::runs(date("2025-03-06"), date("2025-03-05")).is_empty());
+        assert_eq!(
+            BalancePeriod::runs(EARLIEST_DATE, LATEST_DATE),
+            vec![(Month, EARLIEST_DATE, date("9999-12-01"))]
+        );
+    }
+
     proptest! {
         #[test]
         fn formatting_and_parsing_minor_units_round_trips(minor in 1_i64..AMOUNT_MINOR_MAX, places in 0_u32..=3) {
@@ -821,6 +953,32 @@ mod tests {
         fn conversion_to_base_is_exact_for_whole_rates(minor in 1_i64..1_000_000_000, rate in 1_i64..1000) {
             let eur = currency::lookup("EUR").expect("EUR");
             prop_assert_eq!(convert_to_base(minor, eur, Decimal::from(rate), usd()), Some(minor * rate));
+        }
+
+        #[test]
+        fn runs_cover_every_day_of_a_range_once_with_whole_periods(
+            start in 0_u64..3_000,
+            length in 0_u64..800,
+        ) {
+            let from = date("2020-01-01") + Days::new(start);
+            let to = from + Days::new(length);
+            let mut covered = Vec::new();
+            for (period, first, last) in BalancePeriod::runs(from, to) {
+                let mut start = first;
+                while start <= last {
+                    prop_assert_eq!(period.start(start), start, "{:?} starts on a period's first day", period);
+                    let end = period.next(start);
+                    let mut day = start;
+                    while day < end {
+                        covered.push(day);
+                        day = day + Days::new(1);
+                    }
+                    start = end;
+                }
+            }
+            covered.sort_unstable();
+            let expected: Vec<NaiveDate> = from.iter_days().take_while(|d| *d <= to).collect();
+            prop_assert_eq!(covered, expected);
         }
     }
 }

@@ -4,12 +4,12 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
 use super::entries::{self, EntryView};
-use super::model::{EntryDraft, EntryKind};
+use super::model::{BalancePeriod, EntryDraft, EntryKind};
 use crate::audit::{self, Event, Origin};
 use crate::company::Company;
 use crate::db::rows::{self, Value, Write};
@@ -381,10 +381,6 @@ impl Sums {
     }
 }
 
-fn first_of_month(date: NaiveDate) -> NaiveDate {
-    date.with_day(1).expect("every month has a first day")
-}
-
 /// Posts the jobs in `tx`, all of one company. Each job succeeds or fails on its own; the outer
 /// error means the transaction is unusable and must be rolled back.
 pub async fn post_jobs(
@@ -610,30 +606,24 @@ fn amounts_fit_any_balance(lines: &[(i64, usize, &EntryDraft, &super::model::Lin
     amounts <= limit && base_amounts <= limit
 }
 
-/// The balance changes of `lines`: per day, per month and in total, per account and currency.
-/// Fails, before anything is written, when a sum does not fit the balance columns.
-#[allow(
-    clippy::type_complexity,
-    reason = "the three maps are named by their aliases"
-)]
+/// The balance changes of `lines`: per period (as [`BalancePeriod::ALL`] lists them) and in
+/// total, per account and currency. Fails when a sum does not fit the balance columns.
 fn balance_changes<'a>(
     lookups: &Lookups,
     lines: &[(i64, usize, &EntryDraft, &'a super::model::LineDraft)],
-) -> Result<(PeriodBalances<'a>, PeriodBalances<'a>, TotalBalances<'a>), String> {
-    let mut daily = PeriodBalances::new();
-    let mut monthly = PeriodBalances::new();
+) -> Result<([PeriodBalances<'a>; 3], TotalBalances<'a>), String> {
+    let mut periods: [PeriodBalances; 3] = Default::default();
     let mut totals = TotalBalances::new();
     for (_, _, draft, line) in lines {
         let account_id = lookups.accounts[line.account.as_str()].id;
         let closing = draft.kind == EntryKind::Closing;
         let code = line.currency.code;
-        let added = daily
-            .entry((draft.date, account_id, code, closing))
-            .or_default()
-            .add(line.amount_minor, line.base_amount_minor)
-            .and_then(|()| {
-                monthly
-                    .entry((first_of_month(draft.date), account_id, code, closing))
+        let added = BalancePeriod::ALL
+            .iter()
+            .zip(&mut periods)
+            .try_for_each(|(period, balances)| {
+                balances
+                    .entry((period.start(draft.date), account_id, code, closing))
                     .or_default()
                     .add(line.amount_minor, line.base_amount_minor)
             })
@@ -650,16 +640,16 @@ fn balance_changes<'a>(
             );
         }
     }
-    Ok((daily, monthly, totals))
+    Ok((periods, totals))
 }
 
-/// Adds the balance changes of `rows` to `table`, per day or per month.
+/// Adds the balance changes of `rows` to the table of `period`.
 fn period_upserts<'a>(
-    table: &str,
-    period_column: &str,
+    period: BalancePeriod,
     company: &Company,
     rows: &PeriodBalances<'a>,
 ) -> Write<'a> {
+    let (table, period_column) = period.table();
     let mut values = Vec::with_capacity(rows.len() * 9);
     for ((date, account_id, currency, closing), sums) in rows {
         values.extend([
@@ -826,23 +816,14 @@ fn produce_entry_writes<'a>(
         line_values,
     ));
 
-    let (daily, monthly, totals) = match changes {
+    let (periods, totals) = match changes {
         Some(changes) => changes,
         None => balance_changes(lookups, &lines)
             .expect("no sum exceeds the total of the amounts, which fits a balance column"),
     };
-    write(period_upserts(
-        "ledger_balances_daily",
-        "day",
-        company,
-        &daily,
-    ));
-    write(period_upserts(
-        "ledger_balances_monthly",
-        "month",
-        company,
-        &monthly,
-    ));
+    for (period, rows) in BalancePeriod::ALL.into_iter().zip(&periods) {
+        write(period_upserts(period, company, rows));
+    }
     let mut total_values = Vec::with_capacity(totals.len() * 8);
     for ((account_id, currency), (sums, last_day)) in &totals {
         total_values.extend([

@@ -5,12 +5,12 @@
 use std::collections::{BTreeMap, HashMap};
 
 use base64::Engine as _;
-use chrono::{Datelike, Days, Months, NaiveDate};
+use chrono::NaiveDate;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::chart::{self, Account};
-use super::model::{AccountType, SourceRef, format_minor};
+use super::model::{AccountType, BalancePeriod, EARLIEST_DATE, SourceRef, format_minor};
 use crate::company::Company;
 use crate::currency;
 use crate::db::{Param, Row, Tx};
@@ -48,14 +48,6 @@ impl Sums {
 /// Balances keyed by account id and currency.
 pub type Balances = HashMap<(i64, String), Sums>;
 
-fn first_of_month(date: NaiveDate) -> NaiveDate {
-    date.with_day(1).expect("every month has a first day")
-}
-
-fn next_month(month: NaiveDate) -> NaiveDate {
-    month + Months::new(1)
-}
-
 /// Which postings a sum includes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Closing {
@@ -66,9 +58,9 @@ pub enum Closing {
 }
 
 /// Sums of postings dated `from..=to` (from the beginning when `from` is `None`), optionally for
-/// one account only. Whole months come from the monthly table and the partial months at either
-/// end from the daily one; "everything up to a date at or after the last posting" is one read of
-/// the totals table.
+/// one account only. Whole months come from the monthly table, whole ten-day periods at either
+/// end from the ten-day one and the days left from the daily one; "everything up to a date at
+/// or after the last posting" is one read of the totals table.
 pub async fn activity(
     tx: &mut Tx,
     company: &Company,
@@ -107,52 +99,18 @@ pub async fn activity(
         Closing::Include => "",
         Closing::Exclude => " AND closing = FALSE",
     };
-    // Inclusive bounds throughout, so no date past `to` is ever computed or bound.
-    let month_lo = match from {
-        None => super::model::EARLIEST_DATE,
-        Some(from) if from.day() == 1 => from,
-        Some(from) => next_month(first_of_month(from)),
-    };
-    let last_full_month = match to.succ_opt() {
-        Some(next) if next.day() == 1 => first_of_month(to),
-        _ => first_of_month(to) - Months::new(1),
-    };
-    let mut day_ranges = Vec::new();
-    if month_lo <= last_full_month {
+    // Inclusive bounds throughout, so no date past `to` is ever bound.
+    for (period, first, last) in BalancePeriod::runs(from.unwrap_or(EARLIEST_DATE), to) {
+        let (table, column) = period.table();
         add_sums(
             &mut balances,
             sums_between(
                 tx,
                 company,
-                "ledger_balances_monthly",
-                "month",
-                month_lo,
-                last_full_month,
-                closing_filter,
-                account_id,
-            )
-            .await?,
-        );
-        if let Some(from) = from.filter(|from| *from < month_lo) {
-            day_ranges.push((from, month_lo - Days::new(1)));
-        }
-        let after_months = next_month(last_full_month);
-        if after_months <= to {
-            day_ranges.push((after_months, to));
-        }
-    } else {
-        day_ranges.push((from.unwrap_or(super::model::EARLIEST_DATE), to));
-    }
-    for (lo, hi) in day_ranges {
-        add_sums(
-            &mut balances,
-            sums_between(
-                tx,
-                company,
-                "ledger_balances_daily",
-                "day",
-                lo,
-                hi,
+                table,
+                column,
+                first,
+                last,
                 closing_filter,
                 account_id,
             )
