@@ -164,15 +164,18 @@ on_both_backends! {
         // built while earlier ones are written: the sums are checked before any row goes.
         let before = app.row_counts().await;
         let audit_before = app.get("/api/v1/audit/verification").await;
-        let largest = "10000000000000.00";
-        let half_lines = 500;
-        let entries: Vec<Value> = (0..20)
-            .map(|n| {
-                let debits = (0..half_lines).map(|_| json!({ "account": "1020", "debit": largest }));
-                let credits = (0..half_lines).map(|_| json!({ "account": "4000", "credit": largest }));
-                json!({ "date": format!("2025-03-{:02}", 1 + n), "memo": "too much", "lines": debits.chain(credits).collect::<Vec<_>>() })
-            })
-            .collect();
+        // `count` entries of 1,000 lines, each line of the largest amount, dated from the 1st.
+        let largest_entries = |count: usize, month: &str, memo: &str| -> Vec<Value> {
+            let largest = "10000000000000.00";
+            (0..count)
+                .map(|n| {
+                    let debits = (0..500).map(|_| json!({ "account": "1020", "debit": largest }));
+                    let credits = (0..500).map(|_| json!({ "account": "4000", "credit": largest }));
+                    json!({ "date": format!("{month}-{:02}", 1 + n), "memo": memo, "lines": debits.chain(credits).collect::<Vec<_>>() })
+                })
+                .collect()
+        };
+        let entries = largest_entries(20, "2025-03", "too much");
         let reply = app.post("/api/v1/ledger/entries:batch", json!({ "entries": entries })).await;
         reply.assert_problem(422, &["lines"]);
         assert!(reply.text.contains("more than a balance can hold"), "{}", reply.text);
@@ -191,13 +194,7 @@ on_both_backends! {
 
         // Amounts that add up to more than a balance holds in total, but not on any one
         // account: the sums are checked exactly, and the batch posts whole.
-        let large: Vec<Value> = (0..10)
-            .map(|n| {
-                let debits = (0..half_lines).map(|_| json!({ "account": "1020", "debit": largest }));
-                let credits = (0..half_lines).map(|_| json!({ "account": "4000", "credit": largest }));
-                json!({ "date": format!("2025-04-{:02}", 1 + n), "memo": "large", "lines": debits.chain(credits).collect::<Vec<_>>() })
-            })
-            .collect();
+        let large = largest_entries(10, "2025-04", "large");
         let posted = app.post("/api/v1/ledger/entries:batch", json!({ "entries": large })).await;
         assert_eq!(posted.status, 201, "{}", posted.text);
         assert_eq!(app.row_counts().await, (before.0 + 610, before.1 + 11_200));
