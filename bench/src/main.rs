@@ -211,6 +211,27 @@ async fn check(response: reqwest::Response, what: &str) -> anyhow::Result<Value>
     Ok(body)
 }
 
+/// One GET, checked, with the time it took from request to parsed reply.
+async fn timed_get(
+    http: &reqwest::Client,
+    server: &Server,
+    path: &str,
+    what: &str,
+) -> anyhow::Result<(Value, Duration)> {
+    let started = Instant::now();
+    let body = check(http.get(server.url(path)).send().await?, what).await?;
+    Ok((body, started.elapsed()))
+}
+
+/// The median and the 99th percentile of `latencies`, which it sorts.
+fn p50_p99(latencies: &mut [Duration]) -> (Duration, Duration) {
+    latencies.sort_unstable();
+    (
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() * 99 / 100],
+    )
+}
+
 async fn set_up_chart(
     http: &reqwest::Client,
     server: &Server,
@@ -434,12 +455,12 @@ async fn single_entries(
         latencies.extend(task.await??);
     }
     let elapsed = started.elapsed();
-    latencies.sort_unstable();
+    let (p50, p99) = p50_p99(&mut latencies);
     Ok(SingleResult {
         posted: usize::try_from(posted.load(Ordering::Relaxed))?,
         per_second: posted.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64(),
-        p50: latencies[latencies.len() / 2],
-        p99: latencies[latencies.len() * 99 / 100],
+        p50,
+        p99,
     })
 }
 
@@ -519,15 +540,9 @@ async fn main() -> anyhow::Result<()> {
         // The year end is past the last posting (the running totals); a month end sums whole
         // months; a mid-month date adds the days of its month.
         let as_of = TRIAL_BALANCE_DATES[request % TRIAL_BALANCE_DATES.len()];
-        let started = Instant::now();
-        let body = check(
-            http.get(server.url(&format!("/api/v1/ledger/trial-balance?as_of={as_of}")))
-                .send()
-                .await?,
-            "trial balance",
-        )
-        .await?;
-        latencies.push((as_of, started.elapsed()));
+        let path = format!("/api/v1/ledger/trial-balance?as_of={as_of}");
+        let (body, latency) = timed_get(&http, &server, &path, "trial balance").await?;
+        latencies.push((as_of, latency));
         rows = rows.max(body["rows"].as_array().map_or(0, Vec::len));
         ensure!(
             body["balanced"] == true,
@@ -540,13 +555,13 @@ async fn main() -> anyhow::Result<()> {
             .filter(|(d, _)| *d == as_of)
             .map(|(_, l)| *l)
             .collect();
-        these.sort_unstable();
+        let (p50, p99) = p50_p99(&mut these);
         println!(
             "trial balance as of {as_of} over ~{} lines, {} accounts ({rows} rows): p50 {:.2} ms, p99 {:.2} ms (client-side, HTTP included)",
             args.trial_balance_lines,
             args.accounts,
-            these[these.len() / 2].as_secs_f64() * 1e3,
-            these[these.len() * 99 / 100].as_secs_f64() * 1e3
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3
         );
     }
     audit_lookups(&http, &server, &args).await?;
@@ -576,27 +591,19 @@ async fn audit_lookups(http: &reqwest::Client, server: &Server, args: &Args) -> 
     for request in 0..args.trial_balance_requests {
         // Spread over the whole ledger, oldest to newest.
         let id = first_id + (i64::try_from(request)? * 7_919) % entries;
-        let started = Instant::now();
-        let body = check(
-            http.get(server.url(&format!(
-                "/api/v1/audit?object_type=ledger.entry&object_id={id}"
-            )))
-            .send()
-            .await?,
-            "the audit trail of an entry",
-        )
-        .await?;
-        latencies.push(started.elapsed());
+        let path = format!("/api/v1/audit?object_type=ledger.entry&object_id={id}");
+        let (body, latency) = timed_get(http, server, &path, "the audit trail of an entry").await?;
+        latencies.push(latency);
         ensure!(
             body["records"].as_array().map(Vec::len) == Some(1),
             "entry {id} has not exactly one audit record: {body}"
         );
     }
-    latencies.sort_unstable();
+    let (p50, p99) = p50_p99(&mut latencies);
     println!(
         "audit trail of one entry among ~{entries} entries' records: p50 {:.2} ms, p99 {:.2} ms (client-side, HTTP included)",
-        latencies[latencies.len() / 2].as_secs_f64() * 1e3,
-        latencies[latencies.len() * 99 / 100].as_secs_f64() * 1e3
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3
     );
     Ok(())
 }
@@ -711,11 +718,11 @@ async fn hammer(
         latencies.extend(task.await??);
     }
     let elapsed = started.elapsed();
-    latencies.sort_unstable();
+    let (p50, p99) = p50_p99(&mut latencies);
     Ok(SingleResult {
         posted: latencies.len(),
         per_second: done.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64(),
-        p50: latencies[latencies.len() / 2],
-        p99: latencies[latencies.len() * 99 / 100],
+        p50,
+        p99,
     })
 }
