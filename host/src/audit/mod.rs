@@ -494,35 +494,20 @@ pub async fn list(
         Param::Int(Some(company_id)),
     ];
     let mut conditions = String::new();
-    let optional = [
-        (
-            "object_type =",
-            filter.object_type.clone().map(|v| Param::Text(Some(v))),
-        ),
-        (
-            "object_id =",
-            filter.object_id.clone().map(|v| Param::Text(Some(v))),
-        ),
-        ("actor_user_id =", filter.actor.map(|v| Param::Int(Some(v)))),
-        (
-            "action =",
-            filter.action.clone().map(|v| Param::Text(Some(v))),
-        ),
-        (
-            "occurred_at >=",
-            filter.from.map(|v| Param::Text(Some(timestamp(v)))),
-        ),
-        (
-            "occurred_at <",
-            filter.to.map(|v| Param::Text(Some(timestamp(v)))),
-        ),
-    ];
-    for (condition, value) in optional {
+    let mut filter_by = |condition: &str, value: Option<Param>| {
         if let Some(value) = value {
             params.push(value);
             conditions.push_str(&format!(" AND {condition} ${}", params.len()));
         }
-    }
+    };
+    let text = |value: &Option<String>| value.clone().map(|v| Param::Text(Some(v)));
+    let moment = |value: Option<_>| value.map(|v| Param::Text(Some(timestamp(v))));
+    filter_by("object_type =", text(&filter.object_type));
+    filter_by("object_id =", text(&filter.object_id));
+    filter_by("actor_user_id =", filter.actor.map(|v| Param::Int(Some(v))));
+    filter_by("action =", text(&filter.action));
+    filter_by("occurred_at >=", moment(filter.from));
+    filter_by("occurred_at <", moment(filter.to));
     params.push(Param::Int(Some(limit)));
     let sql = format!(
         "SELECT {} FROM audit_log WHERE seq > $1 AND (company_id IS NULL OR company_id = $2){conditions} \
