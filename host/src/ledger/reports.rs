@@ -71,26 +71,24 @@ pub async fn activity(
 ) -> Result<Balances> {
     let mut balances = Balances::new();
     if from.is_none() && closing == Closing::Include {
+        // The totals hold one row per account and currency, so no grouping; they answer only
+        // when nothing is dated after `to`, which the condition checks in the same statement
+        // rather than reading every row first. No rows: an empty ledger or later postings,
+        // and the periods below answer either.
         let rows = sum_query(
             tx,
-            "SELECT account_id, currency, MAX(last_day) AS last_day, \
-             CAST(SUM(debit_minor) AS BIGINT) AS debit_minor, CAST(SUM(credit_minor) AS BIGINT) AS credit_minor, \
-             CAST(SUM(base_debit_minor) AS BIGINT) AS base_debit_minor, \
-             CAST(SUM(base_credit_minor) AS BIGINT) AS base_credit_minor \
+            "SELECT account_id, currency, last_day, debit_minor, credit_minor, \
+             base_debit_minor, base_credit_minor \
              FROM ledger_balances WHERE company_id = $1 AND ($2 IS NULL OR account_id = $2) \
-             GROUP BY account_id, currency",
+             AND NOT EXISTS (SELECT 1 FROM ledger_balances WHERE company_id = $1 \
+             AND ($2 IS NULL OR account_id = $2) AND last_day > $3)",
             company.id,
             account_id,
-            &[],
+            &[to],
         )
         .await?;
-        if rows
-            .iter()
-            .all(|(_, last_day, _)| last_day.is_none_or(|d| d <= to))
-        {
-            for (key, _, sums) in rows {
-                balances.entry(key).or_default().add(&sums);
-            }
+        if !rows.is_empty() {
+            add_sums(&mut balances, rows);
             return Ok(balances);
         }
     }
