@@ -611,8 +611,14 @@ fn amounts_fit_any_balance(lines: &[(i64, usize, &EntryDraft, &super::model::Lin
 fn balance_changes<'a>(
     lookups: &Lookups,
     lines: &[(i64, usize, &EntryDraft, &'a super::model::LineDraft)],
-) -> Result<([PeriodBalances<'a>; 3], TotalBalances<'a>), String> {
-    let mut periods: [PeriodBalances; 3] = Default::default();
+) -> Result<
+    (
+        [PeriodBalances<'a>; BalancePeriod::ALL.len()],
+        TotalBalances<'a>,
+    ),
+    String,
+> {
+    let mut periods: [PeriodBalances; BalancePeriod::ALL.len()] = Default::default();
     let mut totals = TotalBalances::new();
     for (_, _, draft, line) in lines {
         let account_id = lookups.accounts[line.account.as_str()].id;

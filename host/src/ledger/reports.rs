@@ -77,8 +77,7 @@ pub async fn activity(
         // and the periods below answer either.
         let rows = sum_query(
             tx,
-            "SELECT account_id, currency, last_day, debit_minor, credit_minor, \
-             base_debit_minor, base_credit_minor \
+            "SELECT account_id, currency, debit_minor, credit_minor, base_debit_minor, base_credit_minor \
              FROM ledger_balances WHERE company_id = $1 AND ($2 IS NULL OR account_id = $2) \
              AND NOT EXISTS (SELECT 1 FROM ledger_balances WHERE company_id = $1 \
              AND ($2 IS NULL OR account_id = $2) AND last_day > $3)",
@@ -118,8 +117,8 @@ pub async fn activity(
     Ok(balances)
 }
 
-fn add_sums(balances: &mut Balances, rows: Vec<((i64, String), Option<NaiveDate>, Sums)>) {
-    for (key, _, sums) in rows {
+fn add_sums(balances: &mut Balances, rows: Vec<((i64, String), Sums)>) {
+    for (key, sums) in rows {
         balances.entry(key).or_default().add(&sums);
     }
 }
@@ -137,9 +136,9 @@ async fn sums_between(
     hi: NaiveDate,
     closing_filter: &str,
     account_id: Option<i64>,
-) -> Result<Vec<((i64, String), Option<NaiveDate>, Sums)>> {
+) -> Result<Vec<((i64, String), Sums)>> {
     let sql = format!(
-        "SELECT account_id, currency, NULL AS last_day, \
+        "SELECT account_id, currency, \
          CAST(SUM(debit_minor) AS BIGINT) AS debit_minor, CAST(SUM(credit_minor) AS BIGINT) AS credit_minor, \
          CAST(SUM(base_debit_minor) AS BIGINT) AS base_debit_minor, \
          CAST(SUM(base_credit_minor) AS BIGINT) AS base_credit_minor \
@@ -155,13 +154,12 @@ async fn sum_query(
     company_id: i64,
     account_id: Option<i64>,
     dates: &[NaiveDate],
-) -> Result<Vec<((i64, String), Option<NaiveDate>, Sums)>> {
+) -> Result<Vec<((i64, String), Sums)>> {
     let mut params = vec![Param::Int(Some(company_id)), Param::Int(account_id)];
     params.extend(dates.iter().map(|date| Param::Date(Some(*date))));
     let columns = [
         "account_id",
         "currency",
-        "last_day",
         "debit_minor",
         "credit_minor",
         "base_debit_minor",
@@ -173,12 +171,12 @@ async fn sum_query(
         .iter()
         .map(|row| -> anyhow::Result<_> {
             let sums = Sums {
-                debit: row.int(3)?,
-                credit: row.int(4)?,
-                base_debit: row.int(5)?,
-                base_credit: row.int(6)?,
+                debit: row.int(2)?,
+                credit: row.int(3)?,
+                base_debit: row.int(4)?,
+                base_credit: row.int(5)?,
             };
-            Ok(((row.int(0)?, row.text(1)?), row.opt_date(2)?, sums))
+            Ok(((row.int(0)?, row.text(1)?), sums))
         })
         .collect::<anyhow::Result<Vec<_>>>()?)
 }
