@@ -67,6 +67,10 @@ struct Args {
     /// Measure only the routes of this expense-claims component (any language).
     #[arg(long)]
     plugin: Option<PathBuf>,
+    /// Keep the SQLite data folder at the end and print where it is and the administrator's
+    /// token, to profile a server on the populated ledger afterwards.
+    #[arg(long)]
+    keep_data: bool,
 }
 
 /// A `keel serve` child process on a fresh database.
@@ -75,7 +79,8 @@ struct Server {
     base: String,
     /// The API token of the administrator the bench creates.
     token: String,
-    _data_dir: Option<tempfile::TempDir>,
+    data_dir: Option<tempfile::TempDir>,
+    keep_data: bool,
 }
 
 impl Server {
@@ -145,7 +150,8 @@ impl Server {
             child,
             base,
             token,
-            _data_dir: data_dir,
+            data_dir,
+            keep_data: args.keep_data,
         })
     }
 
@@ -173,6 +179,15 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if self.keep_data
+            && let Some(dir) = self.data_dir.take()
+        {
+            println!(
+                "data kept in {} (administrator token {})",
+                dir.keep().display(),
+                self.token
+            );
+        }
     }
 }
 

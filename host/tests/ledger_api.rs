@@ -417,6 +417,22 @@ on_both_backends! {
         assert_eq!(reply.status, 201, "{}", reply.text);
         assert_eq!(reply.body["lines"][0]["base_debit"], "100.50");
         app.post("/api/v1/ledger/entries", jpy("15000.5")).await.assert_problem(422, &["lines[0].debit", "lines[1].credit"]);
+
+        // As of the last posting the running totals answer; once something is dated later the
+        // period balances do. Both give the same rows for an account held in three currencies.
+        let trading_row = |tb: &Value| tb["rows"].as_array().expect("rows").iter().find(|r| r["account"] == "3900").cloned();
+        let from_totals = app.get("/api/v1/ledger/trial-balance?as_of=2025-08-02").await;
+        let row = trading_row(&from_totals.body).expect("the trading account");
+        assert_eq!(row["credit"], "100.50", "{row}");
+        assert_eq!(
+            row["foreign"],
+            json!([{ "currency": "EUR", "credit": "1000.00" }, { "currency": "JPY", "credit": "15000" }]),
+            "{row}"
+        );
+        let later = app.post("/api/v1/ledger/entries", simple_entry("2025-09-30", "1020", "4000", "10.00")).await;
+        assert_eq!(later.status, 201, "{}", later.text);
+        let from_periods = app.get("/api/v1/ledger/trial-balance?as_of=2025-08-02").await;
+        assert_eq!(from_periods.body, from_totals.body);
     }
 
     async fn accounts_are_created_listed_renamed_moved_and_deactivated(app: TestApp) {

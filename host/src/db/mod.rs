@@ -152,6 +152,31 @@ impl SqliteTx {
             appended_head: None,
         }
     }
+
+    /// Runs `run` with the transaction's open connection straight through SQLite's C API, on
+    /// this thread. For work of many rows (a large write, a report adding up thousands of
+    /// balances), where the driver's cost per row (boxing each value, handing each row across
+    /// threads) would outweigh SQLite's own.
+    pub(crate) async fn on_direct_connection<T>(
+        &mut self,
+        run: impl FnOnce(&rusqlite::Connection) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let mut handle = self.lock_handle().await?;
+        let raw = handle.as_raw_handle();
+        let run = || {
+            // SAFETY: the locked handle gives this thread sole use of the open connection until
+            // it is dropped, which is after `conn` is: `conn` only borrows the handle (it does
+            // not close it) and finalizes its statements when dropped.
+            #[allow(unsafe_code, reason = "borrowing the driver's open SQLite connection")]
+            let conn = unsafe { rusqlite::Connection::from_handle(raw.as_ptr()) }?;
+            run(&conn)
+        };
+        // The statements run on this thread: let the runtime move its other tasks away.
+        match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(run),
+            _ => run(),
+        }
+    }
 }
 
 impl std::fmt::Debug for SqliteTx {

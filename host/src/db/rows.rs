@@ -91,7 +91,8 @@ pub async fn write(tx: &mut Tx, writes: &[Write<'_>]) -> anyhow::Result<()> {
     let rows: usize = writes.iter().map(Write::rows).sum();
     match tx {
         Tx::Sqlite(tx) if rows >= DIRECT_ROWS_MIN => {
-            on_direct_connection(tx, |conn| sqlite_write(conn, writes)).await
+            tx.on_direct_connection(|conn| sqlite_write(conn, writes))
+                .await
         }
         _ => driver_write(tx, writes).await,
     }
@@ -110,7 +111,7 @@ where
 {
     match tx {
         Tx::Sqlite(tx) if rows >= DIRECT_ROWS_MIN => {
-            on_direct_connection(tx, |conn| {
+            tx.on_direct_connection(|conn| {
                 std::thread::scope(|scope| {
                     let (sender, receiver) = std::sync::mpsc::channel();
                     let producer = scope.spawn(move || {
@@ -135,28 +136,6 @@ where
             driver_write(tx, &writes).await?;
             Ok(produced)
         }
-    }
-}
-
-/// Runs `run` with the transaction's open SQLite connection, on this thread.
-async fn on_direct_connection<T>(
-    tx: &mut super::SqliteTx,
-    run: impl FnOnce(&rusqlite::Connection) -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
-    let mut handle = tx.lock_handle().await?;
-    let raw = handle.as_raw_handle();
-    let run = || {
-        // SAFETY: the locked handle gives this thread sole use of the open connection until it
-        // is dropped, which is after `conn` is: `conn` only borrows the handle (it does not
-        // close it) and finalizes its statements when dropped.
-        #[allow(unsafe_code, reason = "borrowing the driver's open SQLite connection")]
-        let conn = unsafe { rusqlite::Connection::from_handle(raw.as_ptr()) }?;
-        run(&conn)
-    };
-    // The statements run on this thread: let the runtime move its other tasks away.
-    match tokio::runtime::Handle::current().runtime_flavor() {
-        tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(run),
-        _ => run(),
     }
 }
 

@@ -13,7 +13,7 @@ use super::chart::{self, Account};
 use super::model::{AccountType, BalancePeriod, EARLIEST_DATE, SourceRef, format_minor};
 use crate::company::Company;
 use crate::currency;
-use crate::db::{Param, Row, Tx};
+use crate::db::{Param, Row, SqlDate, Tx};
 use crate::error::{Error, Result};
 use crate::on_conn;
 
@@ -97,7 +97,15 @@ pub async fn activity(
         Closing::Exclude => " AND closing = FALSE",
     };
     // Inclusive bounds throughout, so no date past `to` is ever bound.
-    for (period, first, last) in BalancePeriod::runs(from.unwrap_or(EARLIEST_DATE), to) {
+    let runs = BalancePeriod::runs(from.unwrap_or(EARLIEST_DATE), to);
+    if let Tx::Sqlite(sqlite) = tx {
+        return Ok(sqlite
+            .on_direct_connection(|conn| {
+                add_up_runs(conn, company.id, account_id, closing_filter, &runs)
+            })
+            .await?);
+    }
+    for (period, first, last) in runs {
         let (table, column) = period.table();
         add_sums(
             &mut balances,
@@ -115,6 +123,57 @@ pub async fn activity(
         );
     }
     Ok(balances)
+}
+
+/// On SQLite, reads the balance rows of every run and adds them up here. Grouping them in
+/// SQLite sorted every row first, which cost more than reading them: a report as of mid-month
+/// reads about eleven rows per account (five months, a ten-day period, five days).
+fn add_up_runs(
+    conn: &rusqlite::Connection,
+    company_id: i64,
+    account_id: Option<i64>,
+    closing_filter: &str,
+    runs: &[(BalancePeriod, NaiveDate, NaiveDate)],
+) -> anyhow::Result<Balances> {
+    // Keyed by account and the currency's place in `currencies`: a ledger holds a handful of
+    // currencies, and looking one up by its text saves a string allocation per row.
+    let mut currencies: Vec<String> = Vec::new();
+    let mut sums: HashMap<(i64, usize), Sums> = HashMap::new();
+    for (period, first, last) in runs {
+        let (table, column) = period.table();
+        let mut statement = conn.prepare(&format!(
+            "SELECT account_id, currency, debit_minor, credit_minor, base_debit_minor, base_credit_minor \
+             FROM {table} WHERE company_id = ?1 AND (?2 IS NULL OR account_id = ?2) \
+             AND {column} >= ?3 AND {column} <= ?4{closing_filter}"
+        ))?;
+        let mut rows = statement.query(rusqlite::params![
+            company_id,
+            account_id,
+            SqlDate(*first).text(),
+            SqlDate(*last).text()
+        ])?;
+        while let Some(row) = rows.next()? {
+            let currency = row.get_ref(1)?.as_str()?;
+            let place = match currencies.iter().position(|known| known == currency) {
+                Some(place) => place,
+                None => {
+                    currencies.push(currency.to_owned());
+                    currencies.len() - 1
+                }
+            };
+            let row_sums = Sums {
+                debit: row.get(2)?,
+                credit: row.get(3)?,
+                base_debit: row.get(4)?,
+                base_credit: row.get(5)?,
+            };
+            sums.entry((row.get(0)?, place)).or_default().add(&row_sums);
+        }
+    }
+    Ok(sums
+        .into_iter()
+        .map(|((account, place), sums)| ((account, currencies[place].clone()), sums))
+        .collect())
 }
 
 fn add_sums(balances: &mut Balances, rows: Vec<((i64, String), Sums)>) {
