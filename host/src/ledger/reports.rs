@@ -5,12 +5,14 @@
 use std::collections::{BTreeMap, HashMap};
 
 use base64::Engine as _;
-use chrono::NaiveDate;
+use chrono::{Days, NaiveDate};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::chart::{self, Account};
-use super::model::{AccountType, BalancePeriod, EARLIEST_DATE, SourceRef, format_minor};
+use super::model::{
+    AccountType, BalancePeriod, EARLIEST_DATE, SourceRef, format_minor, parse_date,
+};
 use crate::company::Company;
 use crate::currency;
 use crate::db::{Param, Row, SqlDate, Tx};
@@ -32,6 +34,13 @@ impl Sums {
         self.credit += other.credit;
         self.base_debit += other.base_debit;
         self.base_credit += other.base_credit;
+    }
+
+    fn subtract(&mut self, other: &Self) {
+        self.debit -= other.debit;
+        self.credit -= other.credit;
+        self.base_debit -= other.base_debit;
+        self.base_credit -= other.base_credit;
     }
 
     /// Signed balance in the line currency, debit positive.
@@ -59,8 +68,10 @@ pub enum Closing {
 
 /// Sums of postings dated `from..=to` (from the beginning when `from` is `None`), optionally for
 /// one account only. Whole months come from the monthly table, whole ten-day periods at either
-/// end from the ten-day one and the days left from the daily one; "everything up to a date at
-/// or after the last posting" is one read of the totals table.
+/// end from the ten-day one and the days left from the daily one. Everything up to a date is
+/// read the cheaper way: the running totals alone when nothing is dated later; otherwise the
+/// periods up to the date, or the totals less the periods after it, whichever reads fewer
+/// periods (as of a day late in the year, its last days rather than all its months).
 pub async fn activity(
     tx: &mut Tx,
     company: &Company,
@@ -69,96 +80,233 @@ pub async fn activity(
     closing: Closing,
     account_id: Option<i64>,
 ) -> Result<Balances> {
-    let mut balances = Balances::new();
-    if from.is_none() && closing == Closing::Include {
-        // The totals hold one row per account and currency, so no grouping; they answer only
-        // when nothing is dated after `to`, which the condition checks in the same statement
-        // rather than reading every row first. No rows: an empty ledger or later postings,
-        // and the periods below answer either.
-        let rows = sum_query(
-            tx,
-            "SELECT account_id, currency, debit_minor, credit_minor, base_debit_minor, base_credit_minor \
-             FROM ledger_balances WHERE company_id = $1 AND ($2 IS NULL OR account_id = $2) \
-             AND NOT EXISTS (SELECT 1 FROM ledger_balances WHERE company_id = $1 \
-             AND ($2 IS NULL OR account_id = $2) AND last_day > $3)",
-            company.id,
-            account_id,
-            &[to],
-        )
-        .await?;
-        if !rows.is_empty() {
-            add_sums(&mut balances, rows);
-            return Ok(balances);
-        }
-    }
-
-    let closing_filter = match closing {
-        Closing::Include => "",
-        Closing::Exclude => " AND closing = FALSE",
+    let query = SumQuery {
+        company_id: company.id,
+        account_id,
+        closing,
     };
-    // Inclusive bounds throughout, so no date past `to` is ever bound.
-    let runs = BalancePeriod::runs(from.unwrap_or(EARLIEST_DATE), to);
+    // The totals include closing entries, so they serve only sums that include them too.
+    let from_totals = from.is_none() && closing == Closing::Include;
     if let Tx::Sqlite(sqlite) = tx {
+        // One call on the connection: each statement through the driver is a round trip
+        // between threads, about what reading a period's rows costs.
         return Ok(sqlite
             .on_direct_connection(|conn| {
-                add_up_runs(conn, company.id, account_id, closing_filter, &runs)
+                let plan = if from_totals {
+                    let span = conn.query_row(
+                        POSTING_SPAN,
+                        rusqlite::params![query.company_id, query.account_id],
+                        |row| {
+                            Ok((
+                                row.get::<_, Option<String>>(0)?,
+                                row.get::<_, Option<String>>(1)?,
+                            ))
+                        },
+                    )?;
+                    let parse = |text: Option<String>| {
+                        text.map(|text| parse_date(&text).map_err(anyhow::Error::msg))
+                            .transpose()
+                    };
+                    Plan::everything_up_to(parse(span.0)?.zip(parse(span.1)?), to)
+                } else {
+                    Plan::Periods(BalancePeriod::runs(from.unwrap_or(EARLIEST_DATE), to))
+                };
+                let totals = || query.add_up(conn, RUNNING_TOTALS, None);
+                let runs = |runs: &[_]| query.add_up_runs(conn, runs);
+                match plan {
+                    Plan::Nothing => Ok(Balances::new()),
+                    Plan::Totals => totals(),
+                    Plan::Periods(before) => runs(&before),
+                    Plan::TotalsLess(after) => less(totals()?, runs(&after)?, to),
+                }
             })
             .await?);
     }
-    for (period, first, last) in runs {
-        let (table, column) = period.table();
-        add_sums(
-            &mut balances,
-            sums_between(
-                tx,
-                company,
-                table,
-                column,
-                first,
-                last,
-                closing_filter,
-                account_id,
-            )
-            .await?,
-        );
+    let plan = if from_totals {
+        let span = on_conn!(tx, conn => {
+            let row = sqlx::query(POSTING_SPAN)
+                .bind(company.id)
+                .bind(account_id)
+                .fetch_one(&mut *conn)
+                .await?;
+            row.opt_date("first_month")?.zip(row.opt_date("last_day")?)
+        });
+        Plan::everything_up_to(span, to)
+    } else {
+        Plan::Periods(BalancePeriod::runs(from.unwrap_or(EARLIEST_DATE), to))
+    };
+    match plan {
+        Plan::Nothing => Ok(Balances::new()),
+        Plan::Totals => running_totals(tx, &query).await,
+        Plan::Periods(before) => period_sums(tx, &query, &before).await,
+        Plan::TotalsLess(after) => {
+            let totals = running_totals(tx, &query).await?;
+            Ok(less(totals, period_sums(tx, &query, &after).await?, to)?)
+        }
     }
-    Ok(balances)
 }
 
-/// On SQLite, reads the balance rows of every run and adds them up here. Grouping them in
-/// SQLite sorted every row first, which cost more than reading them: a report as of mid-month
-/// reads about eleven rows per account (five months, a ten-day period, five days).
-fn add_up_runs(
-    conn: &rusqlite::Connection,
+/// The first day of the earliest month with postings and the last day with any (of one
+/// account, when given): both NULL for an empty ledger.
+const POSTING_SPAN: &str = "SELECT (SELECT MIN(month) FROM ledger_balances_monthly WHERE company_id = $1) AS first_month, \
+     (SELECT MAX(last_day) FROM ledger_balances WHERE company_id = $1 \
+      AND ($2 IS NULL OR account_id = $2)) AS last_day";
+
+/// Everything posted, per account and currency: one row each, so no grouping.
+const RUNNING_TOTALS: &str = "SELECT account_id, currency, debit_minor, credit_minor, base_debit_minor, base_credit_minor \
+     FROM ledger_balances WHERE company_id = $1 AND ($2 IS NULL OR account_id = $2)";
+
+/// How the sums of everything up to a date are read.
+#[derive(Debug, PartialEq, Eq)]
+enum Plan {
+    /// Nothing is posted.
+    Nothing,
+    /// Nothing is dated later: the running totals.
+    Totals,
+    /// The sums of these periods.
+    Periods(Vec<(BalancePeriod, NaiveDate, NaiveDate)>),
+    /// The running totals less the sums of these later periods.
+    TotalsLess(Vec<(BalancePeriod, NaiveDate, NaiveDate)>),
+}
+
+impl Plan {
+    /// Everything up to `to`, given the first month with postings and the last day with any.
+    fn everything_up_to(span: Option<(NaiveDate, NaiveDate)>, to: NaiveDate) -> Self {
+        let Some((first_month, last_day)) = span else {
+            return Self::Nothing;
+        };
+        if last_day <= to {
+            return Self::Totals;
+        }
+        // Inclusive bounds throughout. Nothing is dated after `last_day`, so the later periods
+        // may run to the end of its month, which is then read whole rather than as days.
+        let before = BalancePeriod::runs(first_month, to);
+        let month = BalancePeriod::Month;
+        let last_month_end = month.next(month.start(last_day)) - Days::new(1);
+        let after = BalancePeriod::runs(to + Days::new(1), last_month_end);
+        // The totals cost about as much as one period: a row per account and currency.
+        if periods_in(&after) + 1 < periods_in(&before) {
+            Self::TotalsLess(after)
+        } else {
+            Self::Periods(before)
+        }
+    }
+}
+
+/// How many periods `runs` cover, each read as about one row per account and currency.
+fn periods_in(runs: &[(BalancePeriod, NaiveDate, NaiveDate)]) -> usize {
+    runs.iter()
+        .map(|(period, first, last)| {
+            std::iter::successors(Some(*first), |start| Some(period.next(*start)))
+                .take_while(|start| start <= last)
+                .count()
+        })
+        .sum()
+}
+
+/// The running totals less what is dated after `to`.
+fn less(mut totals: Balances, later: Balances, to: NaiveDate) -> anyhow::Result<Balances> {
+    for ((account, currency), later) in later {
+        let Some(total) = totals.get_mut(&(account, currency.clone())) else {
+            anyhow::bail!(
+                "account {account} has balances in {currency} after {to} but no running total"
+            );
+        };
+        total.subtract(&later);
+    }
+    // Debits and credits are sums of positive amounts: all four are zero only for an account
+    // with nothing posted up to `to`, which the periods would not have listed either.
+    totals.retain(|_, sums| *sums != Sums::default());
+    Ok(totals)
+}
+
+/// Whose balances a report adds up, and which postings.
+struct SumQuery {
     company_id: i64,
     account_id: Option<i64>,
-    closing_filter: &str,
-    runs: &[(BalancePeriod, NaiveDate, NaiveDate)],
-) -> anyhow::Result<Balances> {
-    // Keyed by account and the currency's place in `currencies`: a ledger holds a handful of
-    // currencies, and looking one up by its text saves a string allocation per row.
-    let mut currencies: Vec<String> = Vec::new();
-    let mut sums: HashMap<(i64, usize), Sums> = HashMap::new();
-    for (period, first, last) in runs {
-        let (table, column) = period.table();
-        let mut statement = conn.prepare(&format!(
-            "SELECT account_id, currency, debit_minor, credit_minor, base_debit_minor, base_credit_minor \
-             FROM {table} WHERE company_id = ?1 AND (?2 IS NULL OR account_id = ?2) \
-             AND {column} >= ?3 AND {column} <= ?4{closing_filter}"
-        ))?;
-        let mut rows = statement.query(rusqlite::params![
-            company_id,
-            account_id,
-            SqlDate(*first).text(),
-            SqlDate(*last).text()
-        ])?;
+    closing: Closing,
+}
+
+impl SumQuery {
+    fn closing_filter(&self) -> &'static str {
+        match self.closing {
+            Closing::Include => "",
+            Closing::Exclude => " AND closing = FALSE",
+        }
+    }
+
+    /// On SQLite, reads the balance rows of every run and adds them up here. Grouping them in
+    /// SQLite sorted every row first, which cost more than reading them: a report as of
+    /// mid-month reads about eleven rows per account (five months, a ten-day period, five
+    /// days).
+    fn add_up_runs(
+        &self,
+        conn: &rusqlite::Connection,
+        runs: &[(BalancePeriod, NaiveDate, NaiveDate)],
+    ) -> anyhow::Result<Balances> {
+        let mut adder = Adder::default();
+        for (period, first, last) in runs {
+            let (table, column) = period.table();
+            let sql = format!(
+                "SELECT account_id, currency, debit_minor, credit_minor, base_debit_minor, base_credit_minor \
+                 FROM {table} WHERE company_id = $1 AND ($2 IS NULL OR account_id = $2) \
+                 AND {column} >= $3 AND {column} <= $4{}",
+                self.closing_filter()
+            );
+            adder.add(conn, &sql, self, Some((*first, *last)))?;
+        }
+        Ok(adder.balances())
+    }
+
+    /// On SQLite, the rows of one statement added up.
+    fn add_up(
+        &self,
+        conn: &rusqlite::Connection,
+        sql: &str,
+        dates: Option<(NaiveDate, NaiveDate)>,
+    ) -> anyhow::Result<Balances> {
+        let mut adder = Adder::default();
+        adder.add(conn, sql, self, dates)?;
+        Ok(adder.balances())
+    }
+}
+
+/// Balance rows added up as SQLite returns them, keyed by account and the currency's place in
+/// `currencies`: a ledger holds a handful of currencies, and looking one up by its text saves
+/// a string allocation per row.
+#[derive(Default)]
+struct Adder {
+    currencies: Vec<String>,
+    sums: HashMap<(i64, usize), Sums>,
+}
+
+impl Adder {
+    /// Adds the rows of `sql` (account, currency and the four sums; company and account as
+    /// `$1` and `$2`, the dates, if any, as `$3` and `$4`).
+    fn add(
+        &mut self,
+        conn: &rusqlite::Connection,
+        sql: &str,
+        query: &SumQuery,
+        dates: Option<(NaiveDate, NaiveDate)>,
+    ) -> anyhow::Result<()> {
+        let mut statement = conn.prepare(sql)?;
+        let mut rows = match dates {
+            Some((first, last)) => statement.query(rusqlite::params![
+                query.company_id,
+                query.account_id,
+                SqlDate(first).text(),
+                SqlDate(last).text()
+            ])?,
+            None => statement.query(rusqlite::params![query.company_id, query.account_id])?,
+        };
         while let Some(row) = rows.next()? {
             let currency = row.get_ref(1)?.as_str()?;
-            let place = match currencies.iter().position(|known| known == currency) {
+            let place = match self.currencies.iter().position(|known| known == currency) {
                 Some(place) => place,
                 None => {
-                    currencies.push(currency.to_owned());
-                    currencies.len() - 1
+                    self.currencies.push(currency.to_owned());
+                    self.currencies.len() - 1
                 }
             };
             let row_sums = Sums {
@@ -167,13 +315,46 @@ fn add_up_runs(
                 base_debit: row.get(4)?,
                 base_credit: row.get(5)?,
             };
-            sums.entry((row.get(0)?, place)).or_default().add(&row_sums);
+            self.sums
+                .entry((row.get(0)?, place))
+                .or_default()
+                .add(&row_sums);
         }
+        Ok(())
     }
-    Ok(sums
-        .into_iter()
-        .map(|((account, place), sums)| ((account, currencies[place].clone()), sums))
-        .collect())
+
+    fn balances(self) -> Balances {
+        let currencies = self.currencies;
+        self.sums
+            .into_iter()
+            .map(|((account, place), sums)| ((account, currencies[place].clone()), sums))
+            .collect()
+    }
+}
+
+/// On PostgreSQL: everything posted, per account and currency.
+async fn running_totals(tx: &mut Tx, query: &SumQuery) -> Result<Balances> {
+    let mut balances = Balances::new();
+    let rows = sum_query(tx, RUNNING_TOTALS, query.company_id, query.account_id, &[]).await?;
+    add_sums(&mut balances, rows);
+    Ok(balances)
+}
+
+/// On PostgreSQL: the sums of `runs`, grouped by the database.
+async fn period_sums(
+    tx: &mut Tx,
+    query: &SumQuery,
+    runs: &[(BalancePeriod, NaiveDate, NaiveDate)],
+) -> Result<Balances> {
+    let mut balances = Balances::new();
+    for (period, first, last) in runs {
+        let (table, column) = period.table();
+        add_sums(
+            &mut balances,
+            sums_between(tx, query, table, column, *first, *last).await?,
+        );
+    }
+    Ok(balances)
 }
 
 fn add_sums(balances: &mut Balances, rows: Vec<((i64, String), Sums)>) {
@@ -182,19 +363,13 @@ fn add_sums(balances: &mut Balances, rows: Vec<((i64, String), Sums)>) {
     }
 }
 
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one private query helper; the arguments are the query's parameters"
-)]
 async fn sums_between(
     tx: &mut Tx,
-    company: &Company,
+    query: &SumQuery,
     table: &str,
     column: &str,
     lo: NaiveDate,
     hi: NaiveDate,
-    closing_filter: &str,
-    account_id: Option<i64>,
 ) -> Result<Vec<((i64, String), Sums)>> {
     let sql = format!(
         "SELECT account_id, currency, \
@@ -202,9 +377,10 @@ async fn sums_between(
          CAST(SUM(base_debit_minor) AS BIGINT) AS base_debit_minor, \
          CAST(SUM(base_credit_minor) AS BIGINT) AS base_credit_minor \
          FROM {table} WHERE company_id = $1 AND ($2 IS NULL OR account_id = $2) \
-         AND {column} >= $3 AND {column} <= $4{closing_filter} GROUP BY account_id, currency"
+         AND {column} >= $3 AND {column} <= $4{} GROUP BY account_id, currency",
+        query.closing_filter()
     );
-    sum_query(tx, &sql, company.id, account_id, &[lo, hi]).await
+    sum_query(tx, &sql, query.company_id, query.account_id, &[lo, hi]).await
 }
 
 async fn sum_query(
@@ -745,4 +921,61 @@ pub async fn account_ledger(
         lines,
         next: last_position.filter(|_| has_more).map(encode_cursor),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn date(text: &str) -> NaiveDate {
+        text.parse().expect("a date")
+    }
+
+    fn span(first_month: &str, last_day: &str) -> Option<(NaiveDate, NaiveDate)> {
+        Some((date(first_month), date(last_day)))
+    }
+
+    #[test]
+    fn an_empty_ledger_reads_nothing_and_a_date_after_the_last_posting_the_totals() {
+        assert_eq!(
+            Plan::everything_up_to(None, date("2025-06-15")),
+            Plan::Nothing
+        );
+        let year = span("2025-01-01", "2025-12-28");
+        assert_eq!(
+            Plan::everything_up_to(year, date("2025-12-28")),
+            Plan::Totals
+        );
+        assert_eq!(
+            Plan::everything_up_to(year, date("2026-03-01")),
+            Plan::Totals
+        );
+    }
+
+    #[test]
+    fn early_dates_add_up_the_periods_before_and_late_ones_take_the_later_from_the_totals() {
+        use BalancePeriod::{Day, Month, TenDays};
+        let year = span("2025-01-01", "2025-12-28");
+        assert_eq!(
+            Plan::everything_up_to(year, date("2025-03-12")),
+            Plan::Periods(vec![
+                (Month, date("2025-01-01"), date("2025-02-01")),
+                (TenDays, date("2025-03-01"), date("2025-03-01")),
+                (Day, date("2025-03-11"), date("2025-03-12")),
+            ])
+        );
+        // The later periods run to the end of the last posting's month: December is whole.
+        assert_eq!(
+            Plan::everything_up_to(year, date("2025-10-20")),
+            Plan::TotalsLess(vec![
+                (Month, date("2025-11-01"), date("2025-12-01")),
+                (TenDays, date("2025-10-21"), date("2025-10-21")),
+            ])
+        );
+        // Before the first posting the periods hold nothing, so none are read.
+        assert_eq!(
+            Plan::everything_up_to(year, date("2024-12-31")),
+            Plan::Periods(Vec::new())
+        );
+    }
 }
