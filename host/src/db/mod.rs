@@ -886,6 +886,141 @@ mod tests {
         assert_eq!(found, "Test");
     }
 
+    /// CHECK constraints of the form `x IN (a, b, c …)` in the SQLite schema: SQLite fills a
+    /// temporary index with the list for every row an insert writes (migration 0008).
+    fn checks_with_long_in_lists(schema: &[String]) -> Vec<String> {
+        let mut found = Vec::new();
+        for sql in schema {
+            let mut rest = sql.as_str();
+            while let Some(at) = rest.find(" IN (") {
+                let list = &rest[at + 5..];
+                let list = &list[..list.find(')').unwrap_or(list.len())];
+                if list.matches(',').count() >= 2 {
+                    found.push(format!("IN ({list})"));
+                }
+                rest = &rest[at + 5..];
+            }
+        }
+        found
+    }
+
+    async fn table_definitions(db: &Database) -> Vec<String> {
+        let mut tx = db.begin_read().await.expect("a read");
+        on_conn!(&mut tx, conn => {
+            sqlx::query("SELECT sql FROM sqlite_schema WHERE type = 'table' AND sql IS NOT NULL")
+                .fetch_all(&mut *conn)
+                .await
+                .expect("the schema")
+                .iter()
+                .map(|row| row.text("sql").expect("a definition"))
+                .collect()
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_sqlite_check_compares_with_a_list_of_three_or_more() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let db = Database::open(&Location::DataDir(dir.path().to_owned()))
+            .await
+            .expect("a database");
+        let schema = table_definitions(&db).await;
+        assert!(
+            schema
+                .iter()
+                .any(|sql| sql.contains("CHECK (kind = 'standard' OR")),
+            "the ledger entries' check was rewritten: {schema:?}"
+        );
+        let long_lists = checks_with_long_in_lists(&schema);
+        assert!(
+            long_lists.is_empty(),
+            "write these checks as `x = a OR x = b OR …` (see migration 0008): {long_lists:?}"
+        );
+        assert_eq!(
+            checks_with_long_in_lists(&["CHECK (k IN ('a', 'b', 'c'))".to_owned()]),
+            ["IN ('a', 'b', 'c')"],
+            "the scan finds a long list"
+        );
+    }
+
+    /// A database made before migration 0008 keeps its rows, and its rewritten checks refuse
+    /// what the old ones refused, on connections opened before the migration too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rewritten_checks_keep_the_rows_and_still_refuse_bad_values() {
+        let earlier = tempfile::tempdir().expect("a temporary folder");
+        let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations/sqlite");
+        for file in std::fs::read_dir(&source).expect("the migrations") {
+            let path = file.expect("a migration").path();
+            let name = path
+                .file_name()
+                .expect("a name")
+                .to_string_lossy()
+                .into_owned();
+            if name.as_str() < "0008" {
+                std::fs::copy(&path, earlier.path().join(&name)).expect("copied");
+            }
+        }
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let db = Database::connect(&Location::DataDir(dir.path().to_owned()))
+            .await
+            .expect("a database");
+        let Database::Sqlite(pools) = &db else {
+            unreachable!("a data folder is SQLite")
+        };
+        sqlx::migrate::Migrator::new(earlier.path())
+            .await
+            .expect("the migrations before 0008")
+            .run(&pools.writes)
+            .await
+            .expect("migrated to 0007");
+        for statement in [
+            "INSERT INTO currencies (code, name, minor_units) VALUES ('USD', 'US dollar', 2)",
+            "INSERT INTO companies (id, code, name, base_currency, created_at) \
+             VALUES (1, 'main', 'Main', 'USD', '2026-01-01T00:00:00Z')",
+            "INSERT INTO ledger_entries (id, company_id, entry_date, kind, posted_at) \
+             VALUES (1, 1, '2026-01-02', 'closing', '2026-01-02T00:00:00Z')",
+        ] {
+            sqlx::query(statement)
+                .execute(&pools.writes)
+                .await
+                .expect("a row before the migration");
+        }
+        let mut opened_before = pools.reads.acquire().await.expect("a reading connection");
+        db.migrate().await.expect("migrated to the end");
+
+        let insert = |id: i64, kind: &str| {
+            format!(
+                "INSERT INTO ledger_entries (id, company_id, entry_date, kind, posted_at) \
+                 VALUES ({id}, 1, '2026-01-03', '{kind}', '2026-01-03T00:00:00Z')"
+            )
+        };
+        sqlx::query(&insert(2, "reversal"))
+            .execute(&pools.writes)
+            .await
+            .expect("an allowed kind");
+        for refused in [
+            sqlx::query(&insert(3, "draft"))
+                .execute(&pools.writes)
+                .await,
+            sqlx::query(&insert(4, "draft"))
+                .execute(&mut *opened_before)
+                .await,
+        ] {
+            let message = refused.expect_err("an unknown kind is refused").to_string();
+            assert!(
+                message.contains("CHECK constraint failed: kind = 'standard' OR"),
+                "refused by the rewritten check: {message}"
+            );
+        }
+        let kinds: Vec<String> = sqlx::query("SELECT kind FROM ledger_entries ORDER BY id")
+            .fetch_all(&pools.writes)
+            .await
+            .expect("the entries")
+            .iter()
+            .map(|row| row.text("kind").expect("a kind"))
+            .collect();
+        assert_eq!(kinds, ["closing", "reversal"]);
+    }
+
     #[test]
     fn statement_chunks_hold_256_rows_at_most() {
         let items: Vec<u32> = (0..(256 * 2 + 100)).collect();
