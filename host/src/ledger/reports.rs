@@ -301,7 +301,10 @@ impl Adder {
             None => statement.query(rusqlite::params![query.company_id, query.account_id])?,
         };
         while let Some(row) = rows.next()? {
-            let currency = row.get_ref(1)?.as_str()?;
+            // Columns by place in the constant statement above: `get_ref_unwrap` skips the
+            // bounds check `get` makes on every call, a fifth of the time spent on a row.
+            let int = |column: usize| row.get_ref_unwrap(column).as_i64();
+            let currency = row.get_ref_unwrap(1).as_str()?;
             let place = match self.currencies.iter().position(|known| known == currency) {
                 Some(place) => place,
                 None => {
@@ -310,13 +313,13 @@ impl Adder {
                 }
             };
             let row_sums = Sums {
-                debit: row.get(2)?,
-                credit: row.get(3)?,
-                base_debit: row.get(4)?,
-                base_credit: row.get(5)?,
+                debit: int(2)?,
+                credit: int(3)?,
+                base_debit: int(4)?,
+                base_credit: int(5)?,
             };
             self.sums
-                .entry((row.get(0)?, place))
+                .entry((int(0)?, place))
                 .or_default()
                 .add(&row_sums);
         }
