@@ -853,12 +853,18 @@ impl UniqueConstraint {
 mod tests {
     use super::*;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_writing_connection_that_lost_its_transaction_is_replaced() {
+    /// A migrated SQLite database in a temporary folder, removed when the folder is dropped.
+    async fn fresh_sqlite() -> (tempfile::TempDir, Database) {
         let dir = tempfile::tempdir().expect("a temporary folder");
         let db = Database::open(&Location::DataDir(dir.path().to_owned()))
             .await
             .expect("a database");
+        (dir, db)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_writing_connection_that_lost_its_transaction_is_replaced() {
+        let (_dir, db) = fresh_sqlite().await;
         let mut tx = db.begin_write().await.expect("a transaction");
         // SQLite ends the transaction behind the driver's back, as it does on a full disk;
         // the driver's ROLLBACK when `tx` is dropped then fails.
@@ -919,10 +925,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn no_sqlite_check_compares_with_a_list_of_three_or_more() {
-        let dir = tempfile::tempdir().expect("a temporary folder");
-        let db = Database::open(&Location::DataDir(dir.path().to_owned()))
-            .await
-            .expect("a database");
+        let (_dir, db) = fresh_sqlite().await;
         let schema = table_definitions(&db).await;
         assert!(
             schema

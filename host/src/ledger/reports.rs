@@ -206,8 +206,9 @@ fn periods_in(runs: &[(BalancePeriod, NaiveDate, NaiveDate)]) -> usize {
 
 /// The running totals less what is dated after `to`.
 fn less(mut totals: Balances, later: Balances, to: NaiveDate) -> anyhow::Result<Balances> {
-    for ((account, currency), later) in later {
-        let Some(total) = totals.get_mut(&(account, currency.clone())) else {
+    for (key, later) in later {
+        let Some(total) = totals.get_mut(&key) else {
+            let (account, currency) = key;
             anyhow::bail!(
                 "account {account} has balances in {currency} after {to} but no running total"
             );
@@ -228,11 +229,18 @@ struct SumQuery {
 }
 
 impl SumQuery {
-    fn closing_filter(&self) -> &'static str {
-        match self.closing {
+    /// `FROM` and `WHERE` of the rows of one run of periods: the company, the account if
+    /// given, the periods starting `$3..=$4`, and closing entries when the sums include them.
+    fn period_rows(&self, period: BalancePeriod) -> String {
+        let (table, column) = period.table();
+        let closing_filter = match self.closing {
             Closing::Include => "",
             Closing::Exclude => " AND closing = FALSE",
-        }
+        };
+        format!(
+            "FROM {table} WHERE company_id = $1 AND ($2 IS NULL OR account_id = $2) \
+             AND {column} >= $3 AND {column} <= $4{closing_filter}"
+        )
     }
 
     /// On SQLite, reads the balance rows of every run and adds them up here. Grouping them in
@@ -246,12 +254,9 @@ impl SumQuery {
     ) -> anyhow::Result<Balances> {
         let mut adder = Adder::default();
         for (period, first, last) in runs {
-            let (table, column) = period.table();
             let sql = format!(
-                "SELECT account_id, currency, debit_minor, credit_minor, base_debit_minor, base_credit_minor \
-                 FROM {table} WHERE company_id = $1 AND ($2 IS NULL OR account_id = $2) \
-                 AND {column} >= $3 AND {column} <= $4{}",
-                self.closing_filter()
+                "SELECT account_id, currency, debit_minor, credit_minor, base_debit_minor, base_credit_minor {}",
+                self.period_rows(*period)
             );
             adder.add(conn, &sql, self, Some((*first, *last)))?;
         }
@@ -351,10 +356,9 @@ async fn period_sums(
 ) -> Result<Balances> {
     let mut balances = Balances::new();
     for (period, first, last) in runs {
-        let (table, column) = period.table();
         add_sums(
             &mut balances,
-            sums_between(tx, query, table, column, *first, *last).await?,
+            sums_between(tx, query, *period, *first, *last).await?,
         );
     }
     Ok(balances)
@@ -369,8 +373,7 @@ fn add_sums(balances: &mut Balances, rows: Vec<((i64, String), Sums)>) {
 async fn sums_between(
     tx: &mut Tx,
     query: &SumQuery,
-    table: &str,
-    column: &str,
+    period: BalancePeriod,
     lo: NaiveDate,
     hi: NaiveDate,
 ) -> Result<Vec<((i64, String), Sums)>> {
@@ -379,9 +382,8 @@ async fn sums_between(
          CAST(SUM(debit_minor) AS BIGINT) AS debit_minor, CAST(SUM(credit_minor) AS BIGINT) AS credit_minor, \
          CAST(SUM(base_debit_minor) AS BIGINT) AS base_debit_minor, \
          CAST(SUM(base_credit_minor) AS BIGINT) AS base_credit_minor \
-         FROM {table} WHERE company_id = $1 AND ($2 IS NULL OR account_id = $2) \
-         AND {column} >= $3 AND {column} <= $4{} GROUP BY account_id, currency",
-        query.closing_filter()
+         {} GROUP BY account_id, currency",
+        query.period_rows(period)
     );
     sum_query(tx, &sql, query.company_id, query.account_id, &[lo, hi]).await
 }
