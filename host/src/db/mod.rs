@@ -1,4 +1,5 @@
-//! The database: embedded SQLite (WAL, fully synchronous) or PostgreSQL, behind one small enum.
+//! The database: embedded SQLite (WAL; a commit is on the disk before it is acknowledged) or
+//! PostgreSQL, behind one small enum.
 //!
 //! Queries are written once with `$1`-style placeholders, which both backends accept, and run
 //! through [`on_conn!`], which type-checks the same body against each driver. Where the SQL
@@ -21,6 +22,10 @@ use sqlx::{PgPool, SqlitePool};
 use crate::audit::ChainHead;
 
 pub mod rows;
+mod wal_flush;
+
+pub use wal_flush::OnDisk;
+use wal_flush::WalFlusher;
 
 /// File name of the SQLite database inside the data directory.
 pub const SQLITE_FILE_NAME: &str = "keel.sqlite3";
@@ -114,6 +119,8 @@ pub struct SqlitePools {
     /// The audit chain's head as this process last committed it, so an append need not read
     /// it first (see [`crate::audit::append_many`]).
     chain_head: CommittedHead,
+    /// Makes the writing connection's commits durable before they are acknowledged.
+    wal_flusher: WalFlusher,
 }
 
 /// The audit chain head a process last committed on SQLite, shared by its transactions.
@@ -142,14 +149,21 @@ pub struct SqliteTx {
     tx: sqlx::Transaction<'static, sqlx::Sqlite>,
     committed_head: CommittedHead,
     appended_head: Option<ChainHead>,
+    /// On the writing connection: what flushes the commit to the disk.
+    wal_flusher: Option<WalFlusher>,
 }
 
 impl SqliteTx {
-    fn new(tx: sqlx::Transaction<'static, sqlx::Sqlite>, pools: &SqlitePools) -> Self {
+    fn new(
+        tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+        pools: &SqlitePools,
+        writing: bool,
+    ) -> Self {
         Self {
             tx,
             committed_head: pools.chain_head.clone(),
             appended_head: None,
+            wal_flusher: writing.then(|| pools.wal_flusher.clone()),
         }
     }
 
@@ -263,7 +277,8 @@ impl Database {
                     .filename(&path)
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
-                    // FULL: an acknowledged commit survives power loss, not only a crash.
+                    // FULL: a commit survives power loss, not only a crash. (The writing
+                    // connection below flushes its commits itself.)
                     .synchronous(SqliteSynchronous::Full)
                     .foreign_keys(true)
                     .busy_timeout(SQLITE_BUSY_TIMEOUT)
@@ -284,7 +299,11 @@ impl Database {
                         options
                             .clone()
                             .pragma("cache_size", SQLITE_WRITER_CACHE_KIB)
-                            .statement_cache_capacity(WRITE_STATEMENT_CACHE_CAPACITY),
+                            .statement_cache_capacity(WRITE_STATEMENT_CACHE_CAPACITY)
+                            // NORMAL: a commit releases the write lock without waiting for the
+                            // disk; `Tx::commit` then waits for the WAL flusher before anyone
+                            // is told (see `wal_flush`), so the next writer works meanwhile.
+                            .synchronous(SqliteSynchronous::Normal),
                     )
                     .await
                     .with_context(|| format!("opening the SQLite database {}", path.display()))?;
@@ -298,6 +317,8 @@ impl Database {
                     reads,
                     writes,
                     chain_head: CommittedHead::default(),
+                    wal_flusher: WalFlusher::start(&path)
+                        .context("starting the thread that flushes SQLite's WAL")?,
                 }))
             }
             Location::Postgres(url) => {
@@ -320,10 +341,15 @@ impl Database {
     /// Applies the migrations for this backend that have not run yet.
     pub async fn migrate(&self) -> anyhow::Result<()> {
         match self {
-            Self::Sqlite(pools) => sqlx::migrate!("../migrations/sqlite")
-                .run(&pools.writes)
-                .await
-                .context("migrating the SQLite database")?,
+            Self::Sqlite(pools) => {
+                sqlx::migrate!("../migrations/sqlite")
+                    .run(&pools.writes)
+                    .await
+                    .context("migrating the SQLite database")?;
+                // The migrations committed on the writing connection, which leaves flushing
+                // to the WAL flusher.
+                pools.wal_flusher.after_commit().wait().await?;
+            }
             Self::Postgres(pool) => sqlx::migrate!("../migrations/postgres")
                 .run(pool)
                 .await
@@ -360,7 +386,7 @@ impl Database {
                     }
                     begun => begun?,
                 };
-                Tx::Sqlite(SqliteTx::new(tx, pools))
+                Tx::Sqlite(SqliteTx::new(tx, pools, true))
             }
             Self::Postgres(pool) => Tx::Postgres(pool.begin().await?),
         })
@@ -369,7 +395,9 @@ impl Database {
     /// Starts a read-only transaction: every query in it sees the same snapshot.
     pub async fn begin_read(&self) -> anyhow::Result<Tx> {
         Ok(match self {
-            Self::Sqlite(pools) => Tx::Sqlite(SqliteTx::new(pools.reads.begin().await?, pools)),
+            Self::Sqlite(pools) => {
+                Tx::Sqlite(SqliteTx::new(pools.reads.begin().await?, pools, false))
+            }
             Self::Postgres(pool) => Tx::Postgres(
                 pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     .await?,
@@ -435,17 +463,30 @@ impl Tx {
         }
     }
 
+    /// Commits, and returns once the commit is on the disk.
     pub async fn commit(self) -> anyhow::Result<()> {
+        self.commit_before_flush().await?.wait().await
+    }
+
+    /// Commits, and returns the wait for the commit to reach the disk, which must end before
+    /// anyone is told of the commit. Meanwhile the next writer can work: SQLite's write lock is
+    /// free once this returns. (PostgreSQL commits are on the disk when they return.)
+    pub async fn commit_before_flush(self) -> anyhow::Result<OnDisk> {
         match self {
             Self::Sqlite(tx) => {
                 tx.tx.commit().await?;
                 if let Some(head) = tx.appended_head {
                     tx.committed_head.set(Some(head));
                 }
+                Ok(tx
+                    .wal_flusher
+                    .map_or_else(OnDisk::already, |flusher| flusher.after_commit()))
             }
-            Self::Postgres(tx) => tx.commit().await?,
+            Self::Postgres(tx) => {
+                tx.commit().await?;
+                Ok(OnDisk::already())
+            }
         }
-        Ok(())
     }
 
     /// Undoes everything the transaction did (dropping it does the same, less explicitly).
@@ -860,6 +901,44 @@ mod tests {
             .await
             .expect("a database");
         (dir, db)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_is_on_the_disk_when_its_commit_returns() {
+        let (_dir, db) = fresh_sqlite().await;
+        let Database::Sqlite(pools) = &db else {
+            unreachable!()
+        };
+        let synchronous = "PRAGMA synchronous";
+        // The writing connection leaves flushing to the WAL flusher; the others flush in SQLite.
+        let setting = sqlx::query_scalar::<_, i64>(synchronous)
+            .fetch_one(&pools.writes)
+            .await;
+        assert_eq!(setting.expect("the setting"), 1, "NORMAL");
+        let setting = sqlx::query_scalar::<_, i64>(synchronous)
+            .fetch_one(&pools.reads)
+            .await;
+        assert_eq!(setting.expect("the setting"), 2, "FULL");
+        for _ in 0..3 {
+            let mut tx = db.begin_write().await.expect("a transaction");
+            on_conn!(&mut tx, conn => {
+                sqlx::query("INSERT INTO currencies (code, name, minor_units) VALUES ('XTS', 'Test', 2) \
+                             ON CONFLICT (code) DO UPDATE SET minor_units = 3 - minor_units")
+                    .execute(&mut *conn)
+                    .await
+                    .expect("a write");
+            });
+            tx.commit().await.expect("committed");
+            assert_eq!(
+                pools.wal_flusher.pending(),
+                0,
+                "a commit returned before its flush"
+            );
+        }
+        let tx = db.begin_write().await.expect("a transaction");
+        let on_disk = tx.commit_before_flush().await.expect("committed");
+        on_disk.wait().await.expect("flushed");
+        assert_eq!(pools.wal_flusher.pending(), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@ use super::model::{BalancePeriod, EntryDraft, EntryKind};
 use crate::audit::{self, Event, Origin};
 use crate::company::Company;
 use crate::db::rows::{self, Value, Write};
-use crate::db::{Database, Param, Row, Tx};
+use crate::db::{Database, OnDisk, Param, Row, Tx};
 use crate::error::{Error, FieldError, Result, join_path};
 use crate::idempotency::{self, RequestKey, StoredResponse};
 use crate::on_conn;
@@ -1035,11 +1035,19 @@ async fn run_writer(db: Database, mut receiver: mpsc::Receiver<Queued>) {
 
 async fn commit_group(db: &Database, group: Vec<Queued>) {
     let requests: Vec<&PostRequest> = group.iter().map(|q| &q.request).collect();
-    match post_requests(db, &requests).await {
-        Ok(results) => {
-            for (queued, result) in group.into_iter().zip(results) {
-                let _ = queued.respond.send(result);
-            }
+    match post_requests_before_flush(db, &requests).await {
+        Ok((results, on_disk)) => {
+            // The answers wait for the disk; the writer goes on to the next group meanwhile.
+            tokio::spawn(async move {
+                let flushed = on_disk.wait().await.map_err(|error| format!("{error:#}"));
+                for (queued, result) in group.into_iter().zip(results) {
+                    let result = match &flushed {
+                        Ok(()) => result,
+                        Err(error) => Err(Error::Unexpected(anyhow::anyhow!("{error}"))),
+                    };
+                    let _ = queued.respond.send(result);
+                }
+            });
         }
         Err(error) if group.len() > 1 => {
             // Something failed at the database level (another process took a key first, say):
@@ -1068,6 +1076,17 @@ pub async fn post_requests(
     db: &Database,
     requests: &[&PostRequest],
 ) -> anyhow::Result<Vec<Result<StoredResponse>>> {
+    let (results, on_disk) = post_requests_before_flush(db, requests).await?;
+    on_disk.wait().await?;
+    Ok(results)
+}
+
+/// [`post_requests`], returning before the commit is on the disk: the results must wait for
+/// the returned [`OnDisk`] before anyone sees them.
+async fn post_requests_before_flush(
+    db: &Database,
+    requests: &[&PostRequest],
+) -> anyhow::Result<(Vec<Result<StoredResponse>>, OnDisk)> {
     let mut tx = db.begin_write().await?;
     let posted_at = now_micros();
     let mut results: Vec<Option<Result<StoredResponse>>> =
@@ -1127,13 +1146,14 @@ pub async fn post_requests(
             Err(error) => return Err(anyhow::anyhow!("{error}")),
         }
     }
-    tx.commit().await?;
+    let on_disk = tx.commit_before_flush().await?;
     let posted: usize = requests.iter().map(|r| r.entries.len()).sum();
     metrics::counter!("keel_ledger_entries_submitted_total").increment(posted as u64);
-    Ok(results
+    let results = results
         .into_iter()
         .map(|r| r.expect("every request got a result"))
-        .collect())
+        .collect();
+    Ok((results, on_disk))
 }
 
 /// Now, to the microsecond: what both backends store, so a re-read entry equals the first response.

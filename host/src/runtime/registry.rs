@@ -1048,6 +1048,9 @@ impl Runtime {
             let mut keyed = self.db.begin_write().await?;
             let found = idempotency::find_many(&mut keyed, company, &[key]).await?;
             if let Some(stored) = found.into_values().next() {
+                // The stored response may belong to a commit still on its way to the disk:
+                // committing waits for it too.
+                keyed.commit().await?;
                 return replay(stored?);
             }
             tx = Some(keyed);
