@@ -369,10 +369,8 @@ on_both_backends! {
     async fn the_audit_table_refuses_updates_and_deletes(app: TestApp) {
         app.post_simple("2025-04-02", "1020", "4000", "1.00").await;
         for sql in ["UPDATE audit_log SET action = 'forged' WHERE seq = 1", "DELETE FROM audit_log WHERE seq = 1"] {
-            let outcome = match &app.state.db {
-                keel_host::db::Database::Sqlite(pools) => sqlx::query(sql).execute(&pools.writes).await.map(|_| ()),
-                keel_host::db::Database::Postgres(pool) => sqlx::query(sql).execute(pool).await.map(|_| ()),
-            };
+            let mut tx = app.state.db.begin_write().await.expect("a transaction");
+            let outcome = keel_host::on_conn!(&mut tx, conn => sqlx::query(sql).execute(&mut *conn).await.map(|_| ()));
             let error = outcome.expect_err("the trigger refuses");
             assert!(error.to_string().contains("append-only"), "{error}");
         }

@@ -14,6 +14,7 @@ use anyhow::Context as _;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::de::DeserializeOwned;
 use sqlx::ConnectOptions as _;
+use sqlx::Connection as _;
 use sqlx::Row as _;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -109,18 +110,95 @@ pub enum Database {
     Postgres(PgPool),
 }
 
-/// SQLite takes one writer at a time. Writes go through a pool of exactly one connection, so
+/// SQLite takes one writer at a time. Writes go through one connection, taken in turn, so
 /// writers in this process queue in order rather than retrying on SQLite's lock, and the writing
-/// connection keeps the pages it just wrote in its cache. Reads use the others, concurrently.
+/// connection keeps the pages it just wrote in its cache. Reads use a pool, concurrently.
 #[derive(Debug, Clone)]
 pub struct SqlitePools {
     pub reads: SqlitePool,
-    pub writes: SqlitePool,
+    writes: WritingConnection,
     /// The audit chain's head as this process last committed it, so an append need not read
     /// it first (see [`crate::audit::append_many`]).
     chain_head: CommittedHead,
     /// Makes the writing connection's commits durable before they are acknowledged.
     wal_flusher: WalFlusher,
+}
+
+/// SQLite's one writing connection, lent to one transaction at a time in the order they ask.
+/// (A pool of one would do the same, but checks the connection with a round trip to its thread
+/// each time it is lent and again, on a task of its own, each time it comes back: the ledger
+/// writer, committing hundreds of times a second, spent about 1 ms of each commit on that.)
+#[derive(Debug, Clone)]
+struct WritingConnection {
+    connection: Arc<tokio::sync::Mutex<Option<sqlx::SqliteConnection>>>,
+    /// To open a replacement.
+    options: Arc<SqliteConnectOptions>,
+}
+
+/// The writing connection, lent to one transaction.
+type LentConnection = tokio::sync::OwnedMutexGuard<Option<sqlx::SqliteConnection>>;
+
+impl WritingConnection {
+    async fn open(options: SqliteConnectOptions) -> sqlx::Result<Self> {
+        let connection = options.connect().await?;
+        Ok(Self {
+            connection: Arc::new(tokio::sync::Mutex::new(Some(connection))),
+            options: Arc::new(options),
+        })
+    }
+
+    /// Waits for the connection, at most [`ACQUIRE_TIMEOUT`].
+    async fn lend(&self) -> anyhow::Result<LentConnection> {
+        let lent = tokio::time::timeout(ACQUIRE_TIMEOUT, self.connection.clone().lock_owned())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "waited {} s for SQLite's writing connection: another write is still running; \
+                     retry later",
+                    ACQUIRE_TIMEOUT.as_secs()
+                )
+            })?;
+        if lent.is_none() {
+            anyhow::bail!("the database is closed");
+        }
+        Ok(lent)
+    }
+
+    /// Lends the connection inside a `BEGIN IMMEDIATE` transaction.
+    async fn begin(&self) -> anyhow::Result<LentConnection> {
+        use sqlx::TransactionManager as _;
+        let mut lent = self.lend().await?;
+        let connection = lent.as_mut().expect("lent connections are open");
+        match TransactionManager::begin(connection, Some("BEGIN IMMEDIATE".into())).await {
+            // The driver still counts a transaction that SQLite ended by itself (it rolls back
+            // on a full disk or an I/O error, and the driver's own ROLLBACK then fails): the
+            // connection would refuse every write from now on.
+            Err(sqlx::Error::InvalidSavePointStatement) => {
+                tracing::warn!(
+                    "replacing the SQLite writing connection: it lost track of a transaction \
+                     SQLite had rolled back"
+                );
+                let fresh = self.options.connect().await?;
+                if let Some(old) = lent.replace(fresh)
+                    && let Err(error) = old.close().await
+                {
+                    tracing::warn!(%error, "closing the old writing connection failed");
+                }
+                let connection = lent.as_mut().expect("just opened");
+                TransactionManager::begin(connection, Some("BEGIN IMMEDIATE".into())).await?;
+            }
+            begun => begun?,
+        }
+        Ok(lent)
+    }
+
+    async fn close(&self) {
+        if let Some(connection) = self.connection.lock().await.take()
+            && let Err(error) = connection.close().await
+        {
+            tracing::warn!(%error, "closing SQLite's writing connection failed");
+        }
+    }
 }
 
 /// The audit chain head a process last committed on SQLite, shared by its transactions.
@@ -146,24 +224,63 @@ impl CommittedHead {
 
 /// A SQLite transaction: the connection, and the audit chain head it will leave once committed.
 pub struct SqliteTx {
-    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    connection: TxConnection,
     committed_head: CommittedHead,
     appended_head: Option<ChainHead>,
-    /// On the writing connection: what flushes the commit to the disk.
-    wal_flusher: Option<WalFlusher>,
+}
+
+/// The connection of a SQLite transaction.
+enum TxConnection {
+    /// A reading connection from the pool; the driver rolls back when it is dropped.
+    Reading(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Writing(WritingTx),
+}
+
+/// The writing connection in a transaction, and what flushes its commit to the disk.
+struct WritingTx {
+    lent: LentConnection,
+    open: bool,
+    wal_flusher: WalFlusher,
+}
+
+type TransactionManager = <sqlx::Sqlite as sqlx::Database>::TransactionManager;
+
+impl WritingTx {
+    fn connection(&mut self) -> &mut sqlx::SqliteConnection {
+        self.lent.as_mut().expect("lent connections are open")
+    }
+
+    async fn commit(mut self) -> anyhow::Result<OnDisk> {
+        use sqlx::TransactionManager as _;
+        TransactionManager::commit(self.connection()).await?;
+        self.open = false;
+        Ok(self.wal_flusher.after_commit())
+    }
+
+    async fn rollback(mut self) -> anyhow::Result<()> {
+        use sqlx::TransactionManager as _;
+        TransactionManager::rollback(self.connection()).await?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Drop for WritingTx {
+    fn drop(&mut self) {
+        use sqlx::TransactionManager as _;
+        if self.open {
+            // Queued on the connection's thread ahead of anything the next writer sends.
+            TransactionManager::start_rollback(self.connection());
+        }
+    }
 }
 
 impl SqliteTx {
-    fn new(
-        tx: sqlx::Transaction<'static, sqlx::Sqlite>,
-        pools: &SqlitePools,
-        writing: bool,
-    ) -> Self {
+    fn new(connection: TxConnection, pools: &SqlitePools) -> Self {
         Self {
-            tx,
+            connection,
             committed_head: pools.chain_head.clone(),
             appended_head: None,
-            wal_flusher: writing.then(|| pools.wal_flusher.clone()),
         }
     }
 
@@ -205,13 +322,19 @@ impl std::ops::Deref for SqliteTx {
     type Target = sqlx::SqliteConnection;
 
     fn deref(&self) -> &Self::Target {
-        &self.tx
+        match &self.connection {
+            TxConnection::Reading(tx) => tx,
+            TxConnection::Writing(tx) => tx.lent.as_ref().expect("lent connections are open"),
+        }
     }
 }
 
 impl std::ops::DerefMut for SqliteTx {
     fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.tx
+        match &mut self.connection {
+            TxConnection::Reading(tx) => tx,
+            TxConnection::Writing(tx) => tx.connection(),
+        }
     }
 }
 
@@ -289,24 +412,19 @@ impl Database {
                     .pragma("temp_store", "memory")
                     // Multi-row statements are long; their text does not belong in warnings.
                     .log_slow_statements(log::LevelFilter::Debug, SLOW_STATEMENT);
-                let writes = SqlitePoolOptions::new()
-                    .max_connections(1)
-                    .acquire_timeout(ACQUIRE_TIMEOUT)
-                    // Never close the writing connection for being idle: its cache is the point.
-                    .idle_timeout(None)
-                    .max_lifetime(None)
-                    .connect_with(
-                        options
-                            .clone()
-                            .pragma("cache_size", SQLITE_WRITER_CACHE_KIB)
-                            .statement_cache_capacity(WRITE_STATEMENT_CACHE_CAPACITY)
-                            // NORMAL: a commit releases the write lock without waiting for the
-                            // disk; `Tx::commit` then waits for the WAL flusher before anyone
-                            // is told (see `wal_flush`), so the next writer works meanwhile.
-                            .synchronous(SqliteSynchronous::Normal),
-                    )
-                    .await
-                    .with_context(|| format!("opening the SQLite database {}", path.display()))?;
+                // Open for the life of the process: its cache is the point.
+                let writes = WritingConnection::open(
+                    options
+                        .clone()
+                        .pragma("cache_size", SQLITE_WRITER_CACHE_KIB)
+                        .statement_cache_capacity(WRITE_STATEMENT_CACHE_CAPACITY)
+                        // NORMAL: a commit releases the write lock without waiting for the
+                        // disk; `Tx::commit` then waits for the WAL flusher before anyone is
+                        // told (see `wal_flush`), so the next writer works meanwhile.
+                        .synchronous(SqliteSynchronous::Normal),
+                )
+                .await
+                .with_context(|| format!("opening the SQLite database {}", path.display()))?;
                 let reads = SqlitePoolOptions::new()
                     .max_connections(SQLITE_READ_CONNECTIONS_MAX)
                     .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -342,10 +460,13 @@ impl Database {
     pub async fn migrate(&self) -> anyhow::Result<()> {
         match self {
             Self::Sqlite(pools) => {
+                let mut lent = pools.writes.lend().await?;
+                let connection = lent.as_mut().expect("lent connections are open");
                 sqlx::migrate!("../migrations/sqlite")
-                    .run(&pools.writes)
+                    .run(connection)
                     .await
                     .context("migrating the SQLite database")?;
+                drop(lent);
                 // The migrations committed on the writing connection, which leaves flushing
                 // to the WAL flusher.
                 pools.wal_flusher.after_commit().wait().await?;
@@ -370,23 +491,12 @@ impl Database {
     pub async fn begin_write(&self) -> anyhow::Result<Tx> {
         Ok(match self {
             Self::Sqlite(pools) => {
-                let tx = match pools.writes.begin_with("BEGIN IMMEDIATE").await {
-                    // The driver still counts a transaction that SQLite ended by itself (it
-                    // rolls back on a full disk or an I/O error, and the driver's own ROLLBACK
-                    // then fails): the connection would refuse every write from now on.
-                    Err(sqlx::Error::InvalidSavePointStatement) => {
-                        tracing::warn!(
-                            "replacing the SQLite writing connection: it lost track of a \
-                             transaction SQLite had rolled back"
-                        );
-                        if let Err(error) = pools.writes.acquire().await?.close().await {
-                            tracing::warn!(%error, "closing the old writing connection failed");
-                        }
-                        pools.writes.begin_with("BEGIN IMMEDIATE").await?
-                    }
-                    begun => begun?,
+                let writing = WritingTx {
+                    lent: pools.writes.begin().await?,
+                    open: true,
+                    wal_flusher: pools.wal_flusher.clone(),
                 };
-                Tx::Sqlite(SqliteTx::new(tx, pools, true))
+                Tx::Sqlite(SqliteTx::new(TxConnection::Writing(writing), pools))
             }
             Self::Postgres(pool) => Tx::Postgres(pool.begin().await?),
         })
@@ -395,9 +505,10 @@ impl Database {
     /// Starts a read-only transaction: every query in it sees the same snapshot.
     pub async fn begin_read(&self) -> anyhow::Result<Tx> {
         Ok(match self {
-            Self::Sqlite(pools) => {
-                Tx::Sqlite(SqliteTx::new(pools.reads.begin().await?, pools, false))
-            }
+            Self::Sqlite(pools) => Tx::Sqlite(SqliteTx::new(
+                TxConnection::Reading(pools.reads.begin().await?),
+                pools,
+            )),
             Self::Postgres(pool) => Tx::Postgres(
                 pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     .await?,
@@ -474,13 +585,17 @@ impl Tx {
     pub async fn commit_before_flush(self) -> anyhow::Result<OnDisk> {
         match self {
             Self::Sqlite(tx) => {
-                tx.tx.commit().await?;
+                let on_disk = match tx.connection {
+                    TxConnection::Reading(reading) => {
+                        reading.commit().await?;
+                        OnDisk::already()
+                    }
+                    TxConnection::Writing(writing) => writing.commit().await?,
+                };
                 if let Some(head) = tx.appended_head {
                     tx.committed_head.set(Some(head));
                 }
-                Ok(tx
-                    .wal_flusher
-                    .map_or_else(OnDisk::already, |flusher| flusher.after_commit()))
+                Ok(on_disk)
             }
             Self::Postgres(tx) => {
                 tx.commit().await?;
@@ -492,7 +607,10 @@ impl Tx {
     /// Undoes everything the transaction did (dropping it does the same, less explicitly).
     pub async fn rollback(self) -> anyhow::Result<()> {
         match self {
-            Self::Sqlite(tx) => tx.tx.rollback().await?,
+            Self::Sqlite(tx) => match tx.connection {
+                TxConnection::Reading(reading) => reading.rollback().await?,
+                TxConnection::Writing(writing) => writing.rollback().await?,
+            },
             Self::Postgres(tx) => tx.rollback().await?,
         }
         Ok(())
@@ -911,10 +1029,13 @@ mod tests {
         };
         let synchronous = "PRAGMA synchronous";
         // The writing connection leaves flushing to the WAL flusher; the others flush in SQLite.
+        let mut lent = pools.writes.lend().await.expect("the writing connection");
+        let writing = lent.as_mut().expect("open");
         let setting = sqlx::query_scalar::<_, i64>(synchronous)
-            .fetch_one(&pools.writes)
+            .fetch_one(writing)
             .await;
         assert_eq!(setting.expect("the setting"), 1, "NORMAL");
+        drop(lent);
         let setting = sqlx::query_scalar::<_, i64>(synchronous)
             .fetch_one(&pools.reads)
             .await;
@@ -1048,10 +1169,12 @@ mod tests {
         let Database::Sqlite(pools) = &db else {
             unreachable!("a data folder is SQLite")
         };
+        let mut lent = pools.writes.lend().await.expect("the writing connection");
+        let writing = lent.as_mut().expect("open");
         sqlx::migrate::Migrator::new(earlier.path())
             .await
             .expect("the migrations before 0008")
-            .run(&pools.writes)
+            .run(&mut *writing)
             .await
             .expect("migrated to 0007");
         for statement in [
@@ -1062,12 +1185,15 @@ mod tests {
              VALUES (1, 1, '2026-01-02', 'closing', '2026-01-02T00:00:00Z')",
         ] {
             sqlx::query(statement)
-                .execute(&pools.writes)
+                .execute(&mut *writing)
                 .await
                 .expect("a row before the migration");
         }
+        drop(lent);
         let mut opened_before = pools.reads.acquire().await.expect("a reading connection");
         db.migrate().await.expect("migrated to the end");
+        let mut lent = pools.writes.lend().await.expect("the writing connection");
+        let writing = lent.as_mut().expect("open");
 
         let insert = |id: i64, kind: &str| {
             format!(
@@ -1076,12 +1202,12 @@ mod tests {
             )
         };
         sqlx::query(&insert(2, "reversal"))
-            .execute(&pools.writes)
+            .execute(&mut *writing)
             .await
             .expect("an allowed kind");
         for refused in [
             sqlx::query(&insert(3, "draft"))
-                .execute(&pools.writes)
+                .execute(&mut *writing)
                 .await,
             sqlx::query(&insert(4, "draft"))
                 .execute(&mut *opened_before)
@@ -1094,7 +1220,7 @@ mod tests {
             );
         }
         let kinds: Vec<String> = sqlx::query("SELECT kind FROM ledger_entries ORDER BY id")
-            .fetch_all(&pools.writes)
+            .fetch_all(&mut *writing)
             .await
             .expect("the entries")
             .iter()
