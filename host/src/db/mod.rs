@@ -550,6 +550,15 @@ impl Database {
         });
     }
 
+    /// Commits on SQLite's writing connection still waiting for their flush to the disk.
+    #[cfg(test)]
+    pub(crate) fn wal_flushes_pending(&self) -> u64 {
+        match self {
+            Self::Sqlite(pools) => pools.wal_flusher.pending(),
+            Self::Postgres(_) => 0,
+        }
+    }
+
     /// True when the database answers a trivial query.
     pub async fn is_ready(&self) -> bool {
         on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.is_ok())

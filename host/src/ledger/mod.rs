@@ -545,3 +545,53 @@ pub async fn reverse_in(
     audit::append(tx, origin, &[event]).await?;
     Ok(posted)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The group-commit writer goes on with the next group while a commit reaches the disk; the
+    /// commit's own requests are answered only once it has.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_writer_answers_a_posting_once_its_commit_is_on_the_disk() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let location = crate::db::Location::DataDir(dir.path().to_owned());
+        let db = Database::open(&location).await.expect("a database");
+        let companies = crate::company::Companies::bootstrap(&db, None)
+            .await
+            .expect("a company");
+        let company = companies.default_company();
+        let authz = Arc::new(Authz::load(&db).await.expect("the permissions"));
+        let ledger = Ledger::for_server(db.clone(), authz);
+        let origin = Origin::system();
+        ledger
+            .init_default_chart(&company, &origin)
+            .await
+            .expect("a chart");
+        let year = serde_json::from_value(json!({ "start": "2025-01-01" })).expect("a year");
+        ledger
+            .open_fiscal_year(&company, &year, None, &origin)
+            .await
+            .expect("an open year");
+        let entry: EntryInput = serde_json::from_value(json!({
+            "date": "2025-01-05",
+            "lines": [
+                { "account": "1000", "debit": "10.00" },
+                { "account": "4000", "credit": "10.00" },
+            ],
+        }))
+        .expect("an entry");
+        for _ in 0..5 {
+            let posted = ledger
+                .post(&company, std::slice::from_ref(&entry), false, None, &origin)
+                .await
+                .expect("posted");
+            assert_eq!(posted.status, 201);
+            assert_eq!(
+                db.wal_flushes_pending(),
+                0,
+                "answered before its commit was on the disk"
+            );
+        }
+    }
+}
