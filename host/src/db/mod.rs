@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use sqlx::ConnectOptions as _;
 use sqlx::Connection as _;
 use sqlx::Row as _;
+use sqlx::TransactionManager as _;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
@@ -138,6 +139,11 @@ struct WritingConnection {
 /// The writing connection, lent to one transaction.
 type LentConnection = tokio::sync::OwnedMutexGuard<Option<sqlx::SqliteConnection>>;
 
+/// The connection a lent guard holds: [`WritingConnection::lend`] never lends a closed one.
+fn open(lent: &mut LentConnection) -> &mut sqlx::SqliteConnection {
+    lent.as_mut().expect("lent connections are open")
+}
+
 impl WritingConnection {
     async fn open(options: SqliteConnectOptions) -> sqlx::Result<Self> {
         let connection = options.connect().await?;
@@ -164,12 +170,14 @@ impl WritingConnection {
         Ok(lent)
     }
 
-    /// Lends the connection inside a `BEGIN IMMEDIATE` transaction.
+    /// Lends the connection inside a `BEGIN IMMEDIATE` transaction (taking SQLite's write lock
+    /// up front).
     async fn begin(&self) -> anyhow::Result<LentConnection> {
-        use sqlx::TransactionManager as _;
+        async fn begin_immediate(lent: &mut LentConnection) -> sqlx::Result<()> {
+            TransactionManager::begin(open(lent), Some("BEGIN IMMEDIATE".into())).await
+        }
         let mut lent = self.lend().await?;
-        let connection = lent.as_mut().expect("lent connections are open");
-        match TransactionManager::begin(connection, Some("BEGIN IMMEDIATE".into())).await {
+        match begin_immediate(&mut lent).await {
             // The driver still counts a transaction that SQLite ended by itself (it rolls back
             // on a full disk or an I/O error, and the driver's own ROLLBACK then fails): the
             // connection would refuse every write from now on.
@@ -184,8 +192,7 @@ impl WritingConnection {
                 {
                     tracing::warn!(%error, "closing the old writing connection failed");
                 }
-                let connection = lent.as_mut().expect("just opened");
-                TransactionManager::begin(connection, Some("BEGIN IMMEDIATE".into())).await?;
+                begin_immediate(&mut lent).await?;
             }
             begun => begun?,
         }
@@ -247,18 +254,16 @@ type TransactionManager = <sqlx::Sqlite as sqlx::Database>::TransactionManager;
 
 impl WritingTx {
     fn connection(&mut self) -> &mut sqlx::SqliteConnection {
-        self.lent.as_mut().expect("lent connections are open")
+        open(&mut self.lent)
     }
 
     async fn commit(mut self) -> anyhow::Result<OnDisk> {
-        use sqlx::TransactionManager as _;
         TransactionManager::commit(self.connection()).await?;
         self.open = false;
         Ok(self.wal_flusher.after_commit())
     }
 
     async fn rollback(mut self) -> anyhow::Result<()> {
-        use sqlx::TransactionManager as _;
         TransactionManager::rollback(self.connection()).await?;
         self.open = false;
         Ok(())
@@ -267,7 +272,6 @@ impl WritingTx {
 
 impl Drop for WritingTx {
     fn drop(&mut self) {
-        use sqlx::TransactionManager as _;
         if self.open {
             // Queued on the connection's thread ahead of anything the next writer sends.
             TransactionManager::start_rollback(self.connection());
@@ -461,9 +465,8 @@ impl Database {
         match self {
             Self::Sqlite(pools) => {
                 let mut lent = pools.writes.lend().await?;
-                let connection = lent.as_mut().expect("lent connections are open");
                 sqlx::migrate!("../migrations/sqlite")
-                    .run(connection)
+                    .run(open(&mut lent))
                     .await
                     .context("migrating the SQLite database")?;
                 drop(lent);
