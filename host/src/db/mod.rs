@@ -1047,7 +1047,7 @@ mod tests {
         let synchronous = "PRAGMA synchronous";
         // The writing connection leaves flushing to the WAL flusher; the others flush in SQLite.
         let mut lent = pools.writes.lend().await.expect("the writing connection");
-        let writing = lent.as_mut().expect("open");
+        let writing = open(&mut lent);
         let setting = sqlx::query_scalar::<_, i64>(synchronous)
             .fetch_one(writing)
             .await;
@@ -1187,7 +1187,7 @@ mod tests {
             unreachable!("a data folder is SQLite")
         };
         let mut lent = pools.writes.lend().await.expect("the writing connection");
-        let writing = lent.as_mut().expect("open");
+        let writing = open(&mut lent);
         sqlx::migrate::Migrator::new(earlier.path())
             .await
             .expect("the migrations before 0008")
@@ -1210,7 +1210,7 @@ mod tests {
         let mut opened_before = pools.reads.acquire().await.expect("a reading connection");
         db.migrate().await.expect("migrated to the end");
         let mut lent = pools.writes.lend().await.expect("the writing connection");
-        let writing = lent.as_mut().expect("open");
+        let writing = open(&mut lent);
 
         let insert = |id: i64, kind: &str| {
             format!(
