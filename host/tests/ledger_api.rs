@@ -5,6 +5,10 @@ mod common;
 use common::simple_entry;
 use serde_json::{Value, json};
 
+/// A row of a period balance table: account, currency, the period's first day, whether it
+/// holds closing entries, and the four sums.
+type BalanceRow = (i64, String, String, i64, i64, i64, i64, i64);
+
 on_both_backends! {
     async fn a_balanced_entry_posts_and_reads_back(app: TestApp) {
         let reply = app
@@ -118,6 +122,56 @@ on_both_backends! {
             let statement = app.get(&format!("/api/v1/ledger/income-statement?from={from}&to={to}")).await;
             assert_eq!(statement.body["net_income"], money(income - expenses), "{from} to {to}: {}", statement.text);
         }
+    }
+
+    async fn balances_kept_before_quarters_and_five_day_periods_are_carried_into_them(app: TestApp) {
+        // The writer keeps every period table; migration 0009 builds the quarterly and
+        // five-day ones from the monthly and daily balances of an older database. Rebuilt
+        // from the same balances, they must hold exactly what the writer keeps.
+        let entries: Vec<Value> = (0..300_i64)
+            .map(|n| {
+                let day = chrono::NaiveDate::from_ymd_opt(2025, 1, 1).expect("a date") + chrono::Days::new((n * 37 % 365) as u64);
+                let (debit, credit) = [("1020", "4000"), ("6100", "1020"), ("1100", "3000")][(n % 3) as usize];
+                simple_entry(&day.to_string(), debit, credit, &format!("{}.{:02}", 10 + n, n % 100))
+            })
+            .collect();
+        let reply = app.post("/api/v1/ledger/entries:batch", json!({ "entries": entries })).await;
+        assert_eq!(reply.status, 201, "{}", reply.text);
+
+        let tables = [("ledger_balances_quarterly", "quarter"), ("ledger_balances_five_day", "start_day")];
+        let read = || async {
+            let mut rows = Vec::new();
+            for (table, column) in tables {
+                let sql = format!(
+                    "SELECT account_id, currency, CAST({column} AS TEXT), CAST(CASE WHEN closing THEN 1 ELSE 0 END AS BIGINT), \
+                     debit_minor, credit_minor, base_debit_minor, base_credit_minor FROM {table} ORDER BY 1, 2, 3, 4"
+                );
+                let table_rows: Vec<BalanceRow> =
+                    keel_host::on_pool!(&app.state.db, pool => sqlx::query_as(&sql).fetch_all(pool).await).expect("the balances");
+                rows.push(table_rows);
+            }
+            rows
+        };
+        let kept = read().await;
+        // Three accounts a side, four quarters; five-day periods all over the year.
+        assert_eq!(kept[0].len(), 5 * 4, "{:?}", kept[0]);
+        assert!(kept[1].len() > 200, "{} five-day rows", kept[1].len());
+        assert!(kept[1].iter().all(|row| ["01", "06", "11", "16", "21", "26"].contains(&&row.2[8..])));
+
+        let migration = match app.state.db.backend() {
+            keel_host::db::Backend::Sqlite => include_str!("../../migrations/sqlite/0009_ledger_quarter_and_five_day_balances.sql"),
+            keel_host::db::Backend::Postgres => include_str!("../../migrations/postgres/0009_ledger_quarter_and_five_day_balances.sql"),
+        };
+        let mut tx = app.state.db.begin_write().await.expect("a write");
+        keel_host::on_conn!(&mut tx, conn => {
+            sqlx::raw_sql("DROP TABLE ledger_balances_quarterly; DROP TABLE ledger_balances_five_day")
+                .execute(&mut *conn)
+                .await
+                .expect("dropped");
+            sqlx::raw_sql(migration).execute(&mut *conn).await.expect("migrated again");
+        });
+        tx.commit().await.expect("committed");
+        assert_eq!(read().await, kept);
     }
 
     async fn balance_sheet_and_income_statement_agree(app: TestApp) {

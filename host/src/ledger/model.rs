@@ -310,64 +310,80 @@ pub const EARLIEST_DATE: NaiveDate = NaiveDate::from_ymd_opt(1900, 1, 1).expect(
 /// The latest accounting date the ledger accepts.
 pub const LATEST_DATE: NaiveDate = NaiveDate::from_ymd_opt(9999, 12, 31).expect("a valid date");
 
-/// The periods balances are kept per, besides the running totals, coarsest first. A ten-day
-/// period is the 1st–10th, the 11th–20th or the 21st to the end of a month, so that months
-/// are made of whole ten-day periods and those of whole days.
+/// The periods balances are kept per, besides the running totals, coarsest first. Each is made
+/// of whole periods of the next: a quarter of three months; a month of three ten-day periods
+/// (the 1st–10th, the 11th–20th and the 21st to its end); a ten-day period of two five-day
+/// ones (the 1st–5th and 6th–10th, and so on, the last running from the 26th to the month's
+/// end); a five-day period of days. A report as of a day reads a handful of each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BalancePeriod {
+    Quarter,
     Month,
     TenDays,
+    FiveDays,
     Day,
 }
 
 impl BalancePeriod {
-    pub const ALL: [Self; 3] = [Self::Month, Self::TenDays, Self::Day];
+    pub const ALL: [Self; 5] = [
+        Self::Quarter,
+        Self::Month,
+        Self::TenDays,
+        Self::FiveDays,
+        Self::Day,
+    ];
+
+    /// The coarsest period: every other one fits whole inside it.
+    pub const COARSEST: Self = Self::ALL[0];
 
     /// The table of these balances and its column holding each period's first day.
     pub fn table(self) -> (&'static str, &'static str) {
         match self {
+            Self::Quarter => ("ledger_balances_quarterly", "quarter"),
             Self::Month => ("ledger_balances_monthly", "month"),
             Self::TenDays => ("ledger_balances_ten_day", "start_day"),
+            Self::FiveDays => ("ledger_balances_five_day", "start_day"),
             Self::Day => ("ledger_balances_daily", "day"),
         }
     }
 
     /// The first day of the period holding `date`.
     pub fn start(self, date: NaiveDate) -> NaiveDate {
-        let first = match self {
+        let day = match self {
+            Self::Quarter => {
+                let month = date.month0() / 3 * 3 + 1;
+                return NaiveDate::from_ymd_opt(date.year(), month, 1)
+                    .expect("the first day of January, April, July and October exists");
+            }
             Self::Month => 1,
-            Self::TenDays => match date.day() {
-                1..=10 => 1,
-                11..=20 => 11,
-                _ => 21,
-            },
+            Self::TenDays => (date.day0() / 10).min(2) * 10 + 1,
+            Self::FiveDays => (date.day0() / 5).min(5) * 5 + 1,
             Self::Day => return date,
         };
-        date.with_day(first)
-            .expect("days 1, 11 and 21 exist in every month")
+        date.with_day(day)
+            .expect("days 1, 6, 11, 16, 21 and 26 exist in every month")
     }
 
     /// The first day of the period after the one that starts on `start`.
     pub fn next(self, start: NaiveDate) -> NaiveDate {
         match self {
+            Self::Quarter => start + Months::new(3),
             Self::Month => start + Months::new(1),
             Self::TenDays if start.day() < 21 => start + Days::new(10),
-            Self::TenDays => Self::Month.next(Self::Month.start(start)),
+            Self::FiveDays if start.day() < 26 => start + Days::new(5),
+            Self::TenDays | Self::FiveDays => Self::Month.next(Self::Month.start(start)),
             Self::Day => start + Days::new(1),
         }
     }
 
     /// The next finer period, if any.
     pub fn finer(self) -> Option<Self> {
-        match self {
-            Self::Month => Some(Self::TenDays),
-            Self::TenDays => Some(Self::Day),
-            Self::Day => None,
-        }
+        let place = Self::ALL.iter().position(|period| *period == self)?;
+        Self::ALL.get(place + 1).copied()
     }
 
     /// Splits the days `from..=to` into runs of whole periods, each as coarse as fits: whole
-    /// months, then whole ten-day periods at either end, then single days. Each run is the
+    /// quarters, then whole months at either end, and so on down to single days. Each run is the
     /// period and the first days of its first and last periods (for days, the days).
     pub fn runs(from: NaiveDate, to: NaiveDate) -> Vec<(Self, NaiveDate, NaiveDate)> {
         fn split(
@@ -400,7 +416,7 @@ impl BalancePeriod {
             }
         }
         let mut runs = Vec::new();
-        split(Self::Month, from, to, &mut runs);
+        split(Self::COARSEST, from, to, &mut runs);
         runs
     }
 }
@@ -883,14 +899,15 @@ mod tests {
     }
 
     #[test]
-    fn a_range_splits_into_whole_months_then_ten_days_then_days() {
-        use BalancePeriod::{Day, Month, TenDays};
+    fn a_range_splits_into_whole_quarters_then_months_and_so_on_down_to_days() {
+        use BalancePeriod::{Day, FiveDays, Month, Quarter, TenDays};
         assert_eq!(
             BalancePeriod::runs(date("2025-01-01"), date("2025-06-15")),
             vec![
-                (Month, date("2025-01-01"), date("2025-05-01")),
+                (Quarter, date("2025-01-01"), date("2025-01-01")),
+                (Month, date("2025-04-01"), date("2025-05-01")),
                 (TenDays, date("2025-06-01"), date("2025-06-01")),
-                (Day, date("2025-06-11"), date("2025-06-15")),
+                (FiveDays, date("2025-06-11"), date("2025-06-11")),
             ]
         );
         assert_eq!(
@@ -901,8 +918,21 @@ mod tests {
             ]
         );
         assert_eq!(
+            BalancePeriod::runs(date("2025-03-03"), date("2025-03-19")),
+            vec![
+                (FiveDays, date("2025-03-06"), date("2025-03-11")),
+                (Day, date("2025-03-03"), date("2025-03-05")),
+                (Day, date("2025-03-16"), date("2025-03-19")),
+            ]
+        );
+        // The last five-day and ten-day periods run to the end of the month, however long.
+        assert_eq!(
             BalancePeriod::runs(date("2024-02-21"), date("2024-02-29")),
             vec![(TenDays, date("2024-02-21"), date("2024-02-21"))]
+        );
+        assert_eq!(
+            BalancePeriod::runs(date("2025-01-26"), date("2025-01-31")),
+            vec![(FiveDays, date("2025-01-26"), date("2025-01-26"))]
         );
         assert_eq!(
             BalancePeriod::runs(date("2025-03-05"), date("2025-03-05")),
@@ -911,7 +941,7 @@ mod tests {
         assert!(BalancePeriod::runs(date("2025-03-06"), date("2025-03-05")).is_empty());
         assert_eq!(
             BalancePeriod::runs(EARLIEST_DATE, LATEST_DATE),
-            vec![(Month, EARLIEST_DATE, date("9999-12-01"))]
+            vec![(Quarter, EARLIEST_DATE, date("9999-10-01"))]
         );
     }
 

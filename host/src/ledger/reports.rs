@@ -178,12 +178,13 @@ impl Plan {
         if last_day <= to {
             return Self::Totals;
         }
-        // Inclusive bounds throughout. Nothing is dated after `last_day`, so the later periods
-        // may run to the end of its month, which is then read whole rather than as days.
-        let before = BalancePeriod::runs(first_month, to);
-        let month = BalancePeriod::Month;
-        let last_month_end = month.next(month.start(last_day)) - Days::new(1);
-        let after = BalancePeriod::runs(to + Days::new(1), last_month_end);
+        // Inclusive bounds throughout. Nothing is dated before `first_month` or after
+        // `last_day`, so the periods may start and end with the coarsest periods holding them,
+        // which are then read whole rather than in parts.
+        let coarsest = BalancePeriod::COARSEST;
+        let before = BalancePeriod::runs(coarsest.start(first_month), to);
+        let last_end = coarsest.next(coarsest.start(last_day)) - Days::new(1);
+        let after = BalancePeriod::runs(to + Days::new(1), last_end);
         // The totals cost about as much as one period: a row per account and currency.
         if periods_in(&after) + 1 < periods_in(&before) {
             Self::TotalsLess(after)
@@ -959,7 +960,7 @@ mod tests {
 
     #[test]
     fn early_dates_add_up_the_periods_before_and_late_ones_take_the_later_from_the_totals() {
-        use BalancePeriod::{Day, Month, TenDays};
+        use BalancePeriod::{Day, FiveDays, Month, Quarter, TenDays};
         let year = span("2025-01-01", "2025-12-28");
         assert_eq!(
             Plan::everything_up_to(year, date("2025-03-12")),
@@ -969,13 +970,27 @@ mod tests {
                 (Day, date("2025-03-11"), date("2025-03-12")),
             ])
         );
-        // The later periods run to the end of the last posting's month: December is whole.
+        assert_eq!(
+            Plan::everything_up_to(year, date("2025-06-15")),
+            Plan::Periods(vec![
+                (Quarter, date("2025-01-01"), date("2025-01-01")),
+                (Month, date("2025-04-01"), date("2025-05-01")),
+                (TenDays, date("2025-06-01"), date("2025-06-01")),
+                (FiveDays, date("2025-06-11"), date("2025-06-11")),
+            ])
+        );
+        // The later periods run to the end of the last posting's quarter: December is whole.
         assert_eq!(
             Plan::everything_up_to(year, date("2025-10-20")),
             Plan::TotalsLess(vec![
                 (Month, date("2025-11-01"), date("2025-12-01")),
                 (TenDays, date("2025-10-21"), date("2025-10-21")),
             ])
+        );
+        // Nothing is posted before February: the first quarter is read whole.
+        assert_eq!(
+            Plan::everything_up_to(span("2025-02-01", "2025-12-28"), date("2025-06-30")),
+            Plan::Periods(vec![(Quarter, date("2025-01-01"), date("2025-04-01"))])
         );
         // Before the first posting the periods hold nothing, so none are read.
         assert_eq!(
