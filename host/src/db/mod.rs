@@ -751,6 +751,53 @@ impl PackedRow {
     }
 }
 
+/// Column access by place, shared by packed rows and rows read straight through SQLite's C
+/// API, so that the rows of a query are decoded once for both ways of reading them.
+pub trait ByPlace {
+    fn int(&self, place: usize) -> anyhow::Result<i64>;
+    fn opt_int(&self, place: usize) -> anyhow::Result<Option<i64>>;
+    fn text(&self, place: usize) -> anyhow::Result<String>;
+    fn opt_text(&self, place: usize) -> anyhow::Result<Option<String>>;
+    fn flag(&self, place: usize) -> anyhow::Result<bool>;
+}
+
+impl ByPlace for PackedRow {
+    fn int(&self, place: usize) -> anyhow::Result<i64> {
+        PackedRow::int(self, place)
+    }
+    fn opt_int(&self, place: usize) -> anyhow::Result<Option<i64>> {
+        PackedRow::opt_int(self, place)
+    }
+    fn text(&self, place: usize) -> anyhow::Result<String> {
+        PackedRow::text(self, place)
+    }
+    fn opt_text(&self, place: usize) -> anyhow::Result<Option<String>> {
+        PackedRow::opt_text(self, place)
+    }
+    fn flag(&self, place: usize) -> anyhow::Result<bool> {
+        PackedRow::flag(self, place)
+    }
+}
+
+impl ByPlace for rusqlite::Row<'_> {
+    fn int(&self, place: usize) -> anyhow::Result<i64> {
+        Ok(self.get(place)?)
+    }
+    fn opt_int(&self, place: usize) -> anyhow::Result<Option<i64>> {
+        Ok(self.get(place)?)
+    }
+    fn text(&self, place: usize) -> anyhow::Result<String> {
+        Ok(self.get(place)?)
+    }
+    fn opt_text(&self, place: usize) -> anyhow::Result<Option<String>> {
+        Ok(self.get(place)?)
+    }
+    /// SQLite stores booleans as 0 or 1.
+    fn flag(&self, place: usize) -> anyhow::Result<bool> {
+        Ok(self.get(place)?)
+    }
+}
+
 impl Tx {
     /// Runs `select`, whose result columns are `columns`, and returns all its rows packed by
     /// the database into one JSON value. Drivers hand rows over one at a time across threads;

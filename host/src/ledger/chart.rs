@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use super::model::{ACCOUNT_NAME_CHARS_MAX, AccountCode, AccountType};
 use crate::company::Company;
 use crate::currency;
-use crate::db::{Param, Row, Tx, UniqueConstraint};
+use crate::db::{ByPlace, Param, Row, Tx, UniqueConstraint};
 use crate::error::{Error, FieldError, Result};
 use crate::on_conn;
 
@@ -110,37 +110,61 @@ fn from_row(row: &impl Row) -> anyhow::Result<Account> {
     })
 }
 
+/// The columns [`by_place`] decodes, as `SELECT_ACCOUNT` lists them.
+const ACCOUNT_COLUMNS: [&str; 8] = [
+    "id",
+    "code",
+    "name",
+    "account_type",
+    "parent_id",
+    "parent_code",
+    "currency",
+    "active",
+];
+
+fn by_place(row: &impl ByPlace) -> anyhow::Result<Account> {
+    Ok(Account {
+        id: row.int(0)?,
+        code: row.text(1)?,
+        name: row.text(2)?,
+        account_type: AccountType::parse(&row.text(3)?).map_err(anyhow::Error::msg)?,
+        parent_id: row.opt_int(4)?,
+        parent_code: row.opt_text(5)?,
+        currency: row.opt_text(6)?,
+        active: row.flag(7)?,
+    })
+}
+
 /// Every account of the company, in code order.
 pub async fn list(tx: &mut Tx, company: &Company) -> Result<Vec<Account>> {
+    if let Tx::Sqlite(sqlite) = tx {
+        return Ok(sqlite
+            .on_direct_connection(|conn| list_on(conn, company))
+            .await?);
+    }
     let sql = format!("{SELECT_ACCOUNT} WHERE a.company_id = $1");
-    let columns = [
-        "id",
-        "code",
-        "name",
-        "account_type",
-        "parent_id",
-        "parent_code",
-        "currency",
-        "active",
-    ];
     let mut accounts = tx
-        .fetch_packed(&sql, &columns, &[Param::Int(Some(company.id))])
+        .fetch_packed(&sql, &ACCOUNT_COLUMNS, &[Param::Int(Some(company.id))])
         .await?
         .iter()
-        .map(|row| -> anyhow::Result<Account> {
-            Ok(Account {
-                id: row.int(0)?,
-                code: row.text(1)?,
-                name: row.text(2)?,
-                account_type: AccountType::parse(&row.text(3)?).map_err(anyhow::Error::msg)?,
-                parent_id: row.opt_int(4)?,
-                parent_code: row.opt_text(5)?,
-                currency: row.opt_text(6)?,
-                active: row.flag(7)?,
-            })
-        })
+        .map(by_place)
         .collect::<anyhow::Result<Vec<_>>>()?;
     accounts.sort_by(|a, b| a.code.cmp(&b.code));
+    Ok(accounts)
+}
+
+/// [`list`] on SQLite, on a connection already borrowed for other reads of the same report.
+pub(super) fn list_on(
+    conn: &rusqlite::Connection,
+    company: &Company,
+) -> anyhow::Result<Vec<Account>> {
+    let sql = format!("{SELECT_ACCOUNT} WHERE a.company_id = ?1 ORDER BY a.code");
+    let mut statement = conn.prepare(&sql)?;
+    let mut rows = statement.query([company.id])?;
+    let mut accounts = Vec::new();
+    while let Some(row) = rows.next()? {
+        accounts.push(by_place(row)?);
+    }
     Ok(accounts)
 }
 

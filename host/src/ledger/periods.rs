@@ -486,8 +486,8 @@ async fn post_closing_entry(
     retained: &chart::Account,
     origin: &Origin,
 ) -> Result<Option<i64>> {
-    let balances = reports::activity(tx, company, None, year.end, Closing::Include, None).await?;
-    let accounts = chart::list(tx, company).await?;
+    let (balances, accounts) =
+        reports::activity_and_chart(tx, company, None, year.end, Closing::Include).await?;
     let retained_code = AccountCode::parse(&retained.code).map_err(anyhow::Error::msg)?;
     let mut lines = Vec::new();
     let mut to_retained: std::collections::BTreeMap<String, (i64, i64)> = Default::default();

@@ -67,11 +67,12 @@ pub enum Closing {
 }
 
 /// Sums of postings dated `from..=to` (from the beginning when `from` is `None`), optionally for
-/// one account only. Whole months come from the monthly table, whole ten-day periods at either
-/// end from the ten-day one and the days left from the daily one. Everything up to a date is
-/// read the cheaper way: the running totals alone when nothing is dated later; otherwise the
-/// periods up to the date, or the totals less the periods after it, whichever reads fewer
-/// periods (as of a day late in the year, its last days rather than all its months).
+/// one account only. The days are read as the coarsest whole periods that fit (quarters, then
+/// months, ten-day and five-day periods at either end, then days; see [`BalancePeriod::runs`]),
+/// each from its table. Everything up to a date is read the cheaper way: the running totals
+/// alone when nothing is dated later; otherwise the periods up to the date, or the totals less
+/// the periods after it, whichever reads fewer periods (as of a day late in the year, its last
+/// days rather than all its months).
 pub async fn activity(
     tx: &mut Tx,
     company: &Company,
@@ -85,43 +86,15 @@ pub async fn activity(
         account_id,
         closing,
     };
-    // The totals include closing entries, so they serve only sums that include them too.
-    let from_totals = from.is_none() && closing == Closing::Include;
     if let Tx::Sqlite(sqlite) = tx {
         // One call on the connection: each statement through the driver is a round trip
         // between threads, about what reading a period's rows costs.
         return Ok(sqlite
-            .on_direct_connection(|conn| {
-                let plan = if from_totals {
-                    let span = conn.query_row(
-                        POSTING_SPAN,
-                        rusqlite::params![query.company_id, query.account_id],
-                        |row| {
-                            Ok((
-                                row.get::<_, Option<String>>(0)?,
-                                row.get::<_, Option<String>>(1)?,
-                            ))
-                        },
-                    )?;
-                    let parse = |text: Option<String>| {
-                        text.map(|text| parse_date(&text).map_err(anyhow::Error::msg))
-                            .transpose()
-                    };
-                    Plan::everything_up_to(parse(span.0)?.zip(parse(span.1)?), to)
-                } else {
-                    Plan::Periods(BalancePeriod::runs(from.unwrap_or(EARLIEST_DATE), to))
-                };
-                let totals = || query.add_up(conn, RUNNING_TOTALS, None);
-                let runs = |runs: &[_]| query.add_up_runs(conn, runs);
-                match plan {
-                    Plan::Nothing => Ok(Balances::new()),
-                    Plan::Totals => totals(),
-                    Plan::Periods(before) => runs(&before),
-                    Plan::TotalsLess(after) => less(totals()?, runs(&after)?, to),
-                }
-            })
+            .on_direct_connection(|conn| query.read_on(conn, from, to))
             .await?);
     }
+    // The totals include closing entries, so they serve only sums that include them too.
+    let from_totals = from.is_none() && closing == Closing::Include;
     let plan = if from_totals {
         let span = on_conn!(tx, conn => {
             let row = sqlx::query(POSTING_SPAN)
@@ -144,6 +117,34 @@ pub async fn activity(
             Ok(less(totals, period_sums(tx, &query, &after).await?, to)?)
         }
     }
+}
+
+/// [`activity`] of every account, and the chart of accounts, read in the same snapshot: on
+/// SQLite in one call on the connection.
+pub async fn activity_and_chart(
+    tx: &mut Tx,
+    company: &Company,
+    from: Option<NaiveDate>,
+    to: NaiveDate,
+    closing: Closing,
+) -> Result<(Balances, Vec<Account>)> {
+    if let Tx::Sqlite(sqlite) = tx {
+        let query = SumQuery {
+            company_id: company.id,
+            account_id: None,
+            closing,
+        };
+        return Ok(sqlite
+            .on_direct_connection(|conn| {
+                Ok((
+                    query.read_on(conn, from, to)?,
+                    chart::list_on(conn, company)?,
+                ))
+            })
+            .await?);
+    }
+    let balances = activity(tx, company, from, to, closing, None).await?;
+    Ok((balances, chart::list(tx, company).await?))
 }
 
 /// The first day of the earliest month with postings and the last day with any (of one
@@ -230,6 +231,43 @@ struct SumQuery {
 }
 
 impl SumQuery {
+    /// [`activity`] on SQLite, on a borrowed connection.
+    fn read_on(
+        &self,
+        conn: &rusqlite::Connection,
+        from: Option<NaiveDate>,
+        to: NaiveDate,
+    ) -> anyhow::Result<Balances> {
+        // The totals include closing entries, so they serve only sums that include them too.
+        let plan = if from.is_none() && self.closing == Closing::Include {
+            let span = conn.query_row(
+                POSTING_SPAN,
+                rusqlite::params![self.company_id, self.account_id],
+                |row| {
+                    Ok((
+                        row.get::<_, Option<String>>(0)?,
+                        row.get::<_, Option<String>>(1)?,
+                    ))
+                },
+            )?;
+            let parse = |text: Option<String>| {
+                text.map(|text| parse_date(&text).map_err(anyhow::Error::msg))
+                    .transpose()
+            };
+            Plan::everything_up_to(parse(span.0)?.zip(parse(span.1)?), to)
+        } else {
+            Plan::Periods(BalancePeriod::runs(from.unwrap_or(EARLIEST_DATE), to))
+        };
+        let totals = || self.add_up(conn, RUNNING_TOTALS, None);
+        let runs = |runs: &[_]| self.add_up_runs(conn, runs);
+        match plan {
+            Plan::Nothing => Ok(Balances::new()),
+            Plan::Totals => totals(),
+            Plan::Periods(before) => runs(&before),
+            Plan::TotalsLess(after) => less(totals()?, runs(&after)?, to),
+        }
+    }
+
     /// `FROM` and `WHERE` of the rows of one run of periods: the company, the account if
     /// given, the periods starting `$3..=$4`, and closing entries when the sums include them.
     fn period_rows(&self, period: BalancePeriod) -> String {
@@ -475,8 +513,8 @@ pub async fn trial_balance(
     company: &Company,
     as_of: NaiveDate,
 ) -> Result<TrialBalance> {
-    let balances = activity(tx, company, None, as_of, Closing::Include, None).await?;
-    let accounts = chart::list(tx, company).await?;
+    let (balances, accounts) =
+        activity_and_chart(tx, company, None, as_of, Closing::Include).await?;
     let base = company.base_currency;
     // Account id → its balances by currency, in currency order.
     let mut by_account: HashMap<i64, BTreeMap<&str, &Sums>> =
@@ -678,8 +716,8 @@ pub async fn balance_sheet(
     company: &Company,
     as_of: NaiveDate,
 ) -> Result<BalanceSheet> {
-    let balances = activity(tx, company, None, as_of, Closing::Include, None).await?;
-    let accounts = chart::list(tx, company).await?;
+    let (balances, accounts) =
+        activity_and_chart(tx, company, None, as_of, Closing::Include).await?;
     let nets = base_net_by_account(&balances);
     let places = company.base_currency.minor_units;
     let (assets, total_assets) = section(&accounts, AccountType::Asset, &nets, places);
@@ -711,8 +749,8 @@ pub async fn income_statement(
     if from > to {
         return Err(Error::invalid("from", format!("{from} is after to ({to})")));
     }
-    let balances = activity(tx, company, Some(from), to, Closing::Exclude, None).await?;
-    let accounts = chart::list(tx, company).await?;
+    let (balances, accounts) =
+        activity_and_chart(tx, company, Some(from), to, Closing::Exclude).await?;
     let nets = base_net_by_account(&balances);
     let places = company.base_currency.minor_units;
     let (income, total_income) = section(&accounts, AccountType::Income, &nets, places);
