@@ -209,16 +209,15 @@ async fn limit_duration(request: Request, next: Next) -> Response {
 }
 
 async fn ready(State(state): State<AppState>) -> Response {
-    if state.db.is_ready().await {
-        (StatusCode::OK, "ready").into_response()
-    } else {
-        Problem::new(
+    match state.db.readiness().await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(reason) => Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             "Not ready",
-            "the database does not answer",
+            reason,
         )
-        .into_response()
+        .into_response(),
     }
 }
 

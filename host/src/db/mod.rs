@@ -567,9 +567,20 @@ impl Database {
         }
     }
 
-    /// True when the database answers a trivial query.
-    pub async fn is_ready(&self) -> bool {
-        on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.is_ok())
+    /// Whether the database can serve requests: it answers a trivial query and, on SQLite, no
+    /// flush of its WAL has failed (after one, no write is acknowledged until a restart). The
+    /// error says why not, and what to do.
+    pub async fn readiness(&self) -> Result<(), String> {
+        if let Self::Sqlite(pools) = self
+            && let Some(failure) = pools.wal_flusher.failure()
+        {
+            return Err(format!(
+                "a write could not be confirmed on the disk ({failure}), so no write is \
+                 acknowledged any more: check the disk, then restart Keel"
+            ));
+        }
+        on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop))
+            .map_err(|error| format!("the database does not answer: {error}"))
     }
 
     pub async fn close(&self) {
@@ -1207,6 +1218,34 @@ mod tests {
             ["IN ('a', 'b', 'c')"],
             "the scan finds a long list"
         );
+    }
+
+    /// After a failed flush of the WAL no write is acknowledged: the database says it is not
+    /// ready, and why.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_flush_makes_the_database_not_ready() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let mut db = Database::open(&Location::DataDir(dir.path().to_owned()))
+            .await
+            .expect("a database");
+        assert_eq!(db.readiness().await, Ok(()));
+        let Database::Sqlite(pools) = &mut db else {
+            unreachable!("a data folder is SQLite")
+        };
+        // The flusher of a WAL that is a device, which opens but cannot be flushed.
+        let device = tempfile::tempdir().expect("a temporary folder");
+        std::os::unix::fs::symlink("/dev/null", device.path().join("db.sqlite3-wal"))
+            .expect("a link");
+        pools.wal_flusher =
+            WalFlusher::start(&device.path().join("db.sqlite3")).expect("a flusher");
+        pools
+            .wal_flusher
+            .after_commit()
+            .wait()
+            .await
+            .expect_err("the flush fails");
+        let reason = db.readiness().await.expect_err("not ready");
+        assert!(reason.contains("restart Keel"), "{reason}");
     }
 
     /// A database made before migration 0008 keeps its rows, and its rewritten checks refuse

@@ -115,6 +115,11 @@ impl WalFlusher {
         }
     }
 
+    /// Why commits are no longer acknowledged, once a flush has failed.
+    pub fn failure(&self) -> Option<Arc<str>> {
+        self.shared.flushed.borrow().failure.clone()
+    }
+
     /// How many flushes asked for are not done yet (for tests).
     #[cfg(test)]
     pub fn pending(&self) -> u64 {
@@ -224,12 +229,15 @@ mod tests {
         // A device where the WAL should be: opening it works, flushing it does not.
         std::os::unix::fs::symlink("/dev/null", dir.path().join("db.sqlite3-wal")).expect("a link");
         let flusher = WalFlusher::start(&database).expect("a flusher");
+        assert!(flusher.failure().is_none(), "nothing failed yet");
         let first = flusher.after_commit().wait().await;
         let second = flusher.after_commit().wait().await;
         for outcome in [first, second] {
             let error = outcome.expect_err("a flush that failed acknowledges nothing");
             assert!(error.to_string().contains("restarted"), "{error:#}");
         }
+        let failure = flusher.failure().expect("the failure is kept");
+        assert!(failure.contains("db.sqlite3-wal"), "{failure}");
     }
 
     #[test]
