@@ -421,6 +421,49 @@ impl RawConnection {
 }
 
 /// `clients` clients each post one entry at a time for `seconds`, each with its own key.
+/// The ledger writer's commit groups so far, from the server's Prometheus metrics.
+#[derive(Debug, Default)]
+struct WriterGroups {
+    groups: f64,
+    requests: f64,
+    seconds: f64,
+}
+
+impl WriterGroups {
+    async fn now(http: &reqwest::Client, server: &Server) -> anyhow::Result<Self> {
+        let text = http
+            .get(server.url("/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|line| {
+                    line.strip_prefix(name)?
+                        .strip_prefix(' ')?
+                        .trim()
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or(0.0)
+        };
+        Ok(Self {
+            groups: value("keel_ledger_commit_group_requests_count"),
+            requests: value("keel_ledger_commit_group_requests_sum"),
+            seconds: value("keel_ledger_commit_group_seconds_sum"),
+        })
+    }
+
+    fn since(&self, earlier: &Self) -> Self {
+        Self {
+            groups: self.groups - earlier.groups,
+            requests: self.requests - earlier.requests,
+            seconds: self.seconds - earlier.seconds,
+        }
+    }
+}
+
 async fn single_entries(
     server: &Server,
     clients: usize,
@@ -521,8 +564,10 @@ async fn main() -> anyhow::Result<()> {
 
     let mut entries_now = args.batch_entries;
     if !args.skip_single {
+        let before = WriterGroups::now(&http, &server).await?;
         let single =
             single_entries(&server, args.clients, args.single_seconds, args.accounts).await?;
+        let groups = WriterGroups::now(&http, &server).await?.since(&before);
         println!(
             "single-entry POST, {} clients, durable: {:.0} entries/s (latency p50 {:.1} ms, p99 {:.1} ms)",
             args.clients,
@@ -530,6 +575,15 @@ async fn main() -> anyhow::Result<()> {
             single.p50.as_secs_f64() * 1e3,
             single.p99.as_secs_f64() * 1e3
         );
+        if groups.groups > 0.0 {
+            println!(
+                "  the writer committed {:.0} groups of {:.1} requests on average, {:.2} ms each (busy {:.0} % of the run)",
+                groups.groups,
+                groups.requests / groups.groups,
+                groups.seconds / groups.groups * 1e3,
+                groups.seconds / args.single_seconds as f64 * 100.0
+            );
+        }
         entries_now += single.posted;
     }
 

@@ -620,6 +620,9 @@ on_both_backends! {
         let metrics = app.get("/metrics").await;
         assert_eq!(metrics.status, 200);
         assert!(metrics.text.contains("keel_http_requests_total"), "{}", metrics.text);
+        // The ledger's writer: how many requests each commit group took, and how long.
+        assert!(metrics.text.contains("keel_ledger_commit_group_requests"), "{}", metrics.text);
+        assert!(metrics.text.contains("keel_ledger_commit_group_seconds"), "{}", metrics.text);
         app.get("/api/v1/nothing-here").await.assert_problem(404, &[]);
     }
 }
