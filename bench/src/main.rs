@@ -420,7 +420,6 @@ impl RawConnection {
     }
 }
 
-/// `clients` clients each post one entry at a time for `seconds`, each with its own key.
 /// The ledger writer's commit groups so far, from the server's Prometheus metrics.
 #[derive(Debug, Default)]
 struct WriterGroups {
@@ -464,6 +463,7 @@ impl WriterGroups {
     }
 }
 
+/// `clients` clients each post one entry at a time for `seconds`, each with its own key.
 async fn single_entries(
     server: &Server,
     clients: usize,
