@@ -762,8 +762,9 @@ impl PackedRow {
     }
 }
 
-/// Column access by place, shared by packed rows and rows read straight through SQLite's C
-/// API, so that the rows of a query are decoded once for both ways of reading them.
+/// Column access by place, shared by packed rows, the drivers' rows and rows read straight
+/// through SQLite's C API, so that the rows of a query are decoded once for every way of
+/// reading them.
 pub trait ByPlace {
     fn int(&self, place: usize) -> anyhow::Result<i64>;
     fn opt_int(&self, place: usize) -> anyhow::Result<Option<i64>>;
@@ -838,7 +839,7 @@ impl Tx {
                     Param::Date(value) => query.bind(value.map(SqlDate)),
                 };
             }
-            query.fetch_one(&mut *conn).await?.text("packed")?
+            Row::text(&query.fetch_one(&mut *conn).await?, "packed")?
         });
         let rows: Vec<Vec<serde_json::Value>> =
             serde_json::from_str(&packed).context("decoding packed rows")?;
@@ -968,6 +969,36 @@ macro_rules! impl_row {
 
 impl_row!(sqlx::sqlite::SqliteRow);
 impl_row!(sqlx::postgres::PgRow);
+
+macro_rules! impl_by_place {
+    ($row:ty) => {
+        impl ByPlace for $row {
+            fn int(&self, place: usize) -> anyhow::Result<i64> {
+                self.try_get(place)
+                    .with_context(|| format!("column {place}"))
+            }
+            fn opt_int(&self, place: usize) -> anyhow::Result<Option<i64>> {
+                self.try_get(place)
+                    .with_context(|| format!("column {place}"))
+            }
+            fn text(&self, place: usize) -> anyhow::Result<String> {
+                self.try_get(place)
+                    .with_context(|| format!("column {place}"))
+            }
+            fn opt_text(&self, place: usize) -> anyhow::Result<Option<String>> {
+                self.try_get(place)
+                    .with_context(|| format!("column {place}"))
+            }
+            fn flag(&self, place: usize) -> anyhow::Result<bool> {
+                self.try_get(place)
+                    .with_context(|| format!("column {place}"))
+            }
+        }
+    };
+}
+
+impl_by_place!(sqlx::sqlite::SqliteRow);
+impl_by_place!(sqlx::postgres::PgRow);
 
 impl Backend {
     /// Numbered placeholders `first, first+1, …` such as an `IN (…)` list: `($2, $3)` on
@@ -1157,12 +1188,11 @@ mod tests {
         tx.commit().await.expect("committed");
         let mut tx = db.begin_read().await.expect("a read");
         let found = on_conn!(&mut tx, conn => {
-            sqlx::query("SELECT name FROM currencies WHERE code = 'XTS'")
+            let row = sqlx::query("SELECT name FROM currencies WHERE code = 'XTS'")
                 .fetch_one(&mut *conn)
                 .await
-                .expect("found")
-                .text("name")
-                .expect("a name")
+                .expect("found");
+            Row::text(&row, "name").expect("a name")
         });
         assert_eq!(found, "Test");
     }
@@ -1193,7 +1223,7 @@ mod tests {
                 .await
                 .expect("the schema")
                 .iter()
-                .map(|row| row.text("sql").expect("a definition"))
+                .map(|row| Row::text(row, "sql").expect("a definition"))
                 .collect()
         })
     }
@@ -1327,7 +1357,7 @@ mod tests {
             .await
             .expect("the entries")
             .iter()
-            .map(|row| row.text("kind").expect("a kind"))
+            .map(|row| Row::text(row, "kind").expect("a kind"))
             .collect();
         assert_eq!(kinds, ["closing", "reversal"]);
     }

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use super::model::{ACCOUNT_NAME_CHARS_MAX, AccountCode, AccountType};
 use crate::company::Company;
 use crate::currency;
-use crate::db::{ByPlace, Param, Row, Tx, UniqueConstraint};
+use crate::db::{ByPlace, Param, Tx, UniqueConstraint};
 use crate::error::{Error, FieldError, Result};
 use crate::on_conn;
 
@@ -97,19 +97,6 @@ fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Option<S
 const SELECT_ACCOUNT: &str = "SELECT a.id, a.code, a.name, a.account_type, a.parent_id, p.code AS parent_code, \
      a.currency, a.active FROM ledger_accounts a LEFT JOIN ledger_accounts p ON p.id = a.parent_id";
 
-fn from_row(row: &impl Row) -> anyhow::Result<Account> {
-    Ok(Account {
-        id: row.int("id")?,
-        code: row.text("code")?,
-        name: row.text("name")?,
-        account_type: AccountType::parse(&row.text("account_type")?).map_err(anyhow::Error::msg)?,
-        parent_id: row.opt_int("parent_id")?,
-        parent_code: row.opt_text("parent_code")?,
-        currency: row.opt_text("currency")?,
-        active: row.flag("active")?,
-    })
-}
-
 /// The columns [`by_place`] decodes, as `SELECT_ACCOUNT` lists them.
 const ACCOUNT_COLUMNS: [&str; 8] = [
     "id",
@@ -172,7 +159,7 @@ pub async fn find(tx: &mut Tx, company: &Company, code: &str) -> Result<Option<A
     let sql = format!("{SELECT_ACCOUNT} WHERE a.company_id = $1 AND a.code = $2");
     Ok(on_conn!(tx, conn => {
         match sqlx::query(&sql).bind(company.id).bind(code).fetch_optional(&mut *conn).await? {
-            Some(row) => Some(from_row(&row)?),
+            Some(row) => Some(by_place(&row)?),
             None => None,
         }
     }))
