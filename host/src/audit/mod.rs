@@ -147,8 +147,9 @@ pub struct ChainHead {
 ///
 /// On SQLite the head this process committed last is used without reading it again. Should
 /// another process have appended since, the first new sequence number is taken already and the
-/// insert fails on the log's primary key, without harm to the transaction (SQLite undoes only
-/// the failed statement): the head is then read and the records chained again.
+/// insert of the first record fails on the log's primary key, before any record is written and
+/// without harm to the transaction (SQLite undoes only the failed statement): the head is then
+/// read and the records chained again.
 pub async fn append_many(tx: &mut Tx, events: &[(&Origin, Event)]) -> anyhow::Result<()> {
     if events.is_empty() {
         return Ok(());

@@ -131,24 +131,93 @@ pub struct SqlitePools {
 /// writer, committing hundreds of times a second, spent about 1 ms of each commit on that.)
 #[derive(Debug, Clone)]
 struct WritingConnection {
-    connection: Arc<tokio::sync::Mutex<Option<sqlx::SqliteConnection>>>,
+    connection: Arc<tokio::sync::Mutex<WritingSlot>>,
     /// To open a replacement.
     options: Arc<SqliteConnectOptions>,
 }
 
 /// The writing connection, lent to one transaction.
-type LentConnection = tokio::sync::OwnedMutexGuard<Option<sqlx::SqliteConnection>>;
+type LentConnection = tokio::sync::OwnedMutexGuard<WritingSlot>;
 
 /// The connection a lent guard holds: [`WritingConnection::lend`] never lends a closed one.
 fn open(lent: &mut LentConnection) -> &mut sqlx::SqliteConnection {
-    lent.as_mut().expect("lent connections are open")
+    lent.driver.as_mut().expect("lent connections are open")
+}
+
+/// Statements SQLite's C API keeps prepared on the writing connection: those of every table a
+/// commit group writes, with room for the other writes of the host.
+const DIRECT_STATEMENT_CACHE_CAPACITY: usize = 128;
+
+/// The writing connection as the driver holds it (none once the database is closed) and, once
+/// a write has gone through SQLite's C API, the same connection as seen from there, keeping
+/// its statements prepared from one transaction to the next: a commit group of a few entries
+/// would otherwise spend longer preparing its statements again than running them.
+struct WritingSlot {
+    /// Borrows the driver's connection (it does not close it). Its statements must be
+    /// finalized, with the driver's thread idle, before the driver closes the connection:
+    /// SQLite refuses to close a connection with statements still prepared.
+    direct: Option<rusqlite::Connection>,
+    driver: Option<sqlx::SqliteConnection>,
+}
+
+impl WritingSlot {
+    /// Finalizes the direct connection's statements.
+    async fn release_direct(&mut self) {
+        let Some(direct) = self.direct.take() else {
+            return;
+        };
+        match self.driver.as_mut() {
+            // The lock waits for whatever the driver's thread still has queued (a rollback).
+            Some(driver) => match driver.lock_handle().await {
+                Ok(_handle) => drop(direct),
+                Err(error) => {
+                    // The driver's thread is gone with the connection: nothing to finalize on.
+                    tracing::warn!(%error, "the SQLite writing connection's thread has stopped");
+                    std::mem::forget(direct);
+                }
+            },
+            None => std::mem::forget(direct),
+        }
+    }
+
+    /// Replaces the driver's connection with `fresh`, closing the old one.
+    async fn replace(&mut self, fresh: sqlx::SqliteConnection) {
+        self.release_direct().await;
+        if let Some(old) = self.driver.replace(fresh)
+            && let Err(error) = old.close().await
+        {
+            tracing::warn!(%error, "closing the old writing connection failed");
+        }
+    }
+}
+
+impl Drop for WritingSlot {
+    fn drop(&mut self) {
+        // Dropped without `Database::close` (a test's database, say): the driver closes the
+        // connection when its own handle goes, after this.
+        if self.direct.is_some() {
+            futures::executor::block_on(self.release_direct());
+        }
+    }
+}
+
+impl std::fmt::Debug for WritingSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WritingSlot")
+            .field("open", &self.driver.is_some())
+            .field("direct", &self.direct.is_some())
+            .finish()
+    }
 }
 
 impl WritingConnection {
     async fn open(options: SqliteConnectOptions) -> sqlx::Result<Self> {
         let connection = options.connect().await?;
         Ok(Self {
-            connection: Arc::new(tokio::sync::Mutex::new(Some(connection))),
+            connection: Arc::new(tokio::sync::Mutex::new(WritingSlot {
+                direct: None,
+                driver: Some(connection),
+            })),
             options: Arc::new(options),
         })
     }
@@ -164,7 +233,7 @@ impl WritingConnection {
                     ACQUIRE_TIMEOUT.as_secs()
                 )
             })?;
-        if lent.is_none() {
+        if lent.driver.is_none() {
             anyhow::bail!("the database is closed");
         }
         Ok(lent)
@@ -187,11 +256,7 @@ impl WritingConnection {
                      SQLite had rolled back"
                 );
                 let fresh = self.options.connect().await?;
-                if let Some(old) = lent.replace(fresh)
-                    && let Err(error) = old.close().await
-                {
-                    tracing::warn!(%error, "closing the old writing connection failed");
-                }
+                lent.replace(fresh).await;
                 begin_immediate(&mut lent).await?;
             }
             begun => begun?,
@@ -200,7 +265,9 @@ impl WritingConnection {
     }
 
     async fn close(&self) {
-        if let Some(connection) = self.connection.lock().await.take()
+        let mut slot = self.connection.lock().await;
+        slot.release_direct().await;
+        if let Some(connection) = slot.driver.take()
             && let Err(error) = connection.close().await
         {
             tracing::warn!(%error, "closing SQLite's writing connection failed");
@@ -292,24 +359,94 @@ impl SqliteTx {
     /// this thread. For work of many rows (a large write, a report adding up thousands of
     /// balances), where the driver's cost per row (boxing each value, handing each row across
     /// threads) would outweigh SQLite's own.
+    ///
+    /// On the writing connection the statements stay prepared for the next transaction.
     pub(crate) async fn on_direct_connection<T>(
         &mut self,
+        hold: Hold,
         run: impl FnOnce(&rusqlite::Connection) -> anyhow::Result<T>,
     ) -> anyhow::Result<T> {
-        let mut handle = self.lock_handle().await?;
-        let raw = handle.as_raw_handle();
-        let run = || {
-            // SAFETY: the locked handle gives this thread sole use of the open connection until
-            // it is dropped, which is after `conn` is: `conn` only borrows the handle (it does
-            // not close it) and finalizes its statements when dropped.
-            #[allow(unsafe_code, reason = "borrowing the driver's open SQLite connection")]
-            let conn = unsafe { rusqlite::Connection::from_handle(raw.as_ptr()) }?;
-            run(&conn)
-        };
-        // The statements run on this thread: let the runtime move its other tasks away.
-        match tokio::runtime::Handle::current().runtime_flavor() {
-            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(run),
-            _ => run(),
+        match &mut self.connection {
+            TxConnection::Reading(tx) => {
+                let mut handle = tx.lock_handle().await?;
+                let raw = handle.as_raw_handle();
+                hold.run(|| {
+                    // SAFETY: the locked handle gives this thread sole use of the open
+                    // connection until it is dropped, which is after `conn` is: `conn` only
+                    // borrows the handle (it does not close it) and finalizes its statements
+                    // when dropped.
+                    #[allow(unsafe_code, reason = "borrowing the driver's open SQLite connection")]
+                    let conn = unsafe { rusqlite::Connection::from_handle(raw.as_ptr()) }?;
+                    run(&conn)
+                })
+            }
+            TxConnection::Writing(tx) => {
+                let WritingSlot { direct, driver } = &mut *tx.lent;
+                let driver = driver.as_mut().expect("lent connections are open");
+                let mut handle = driver.lock_handle().await?;
+                let conn = match direct {
+                    Some(conn) => conn,
+                    None => {
+                        // SAFETY: `conn` only borrows the handle (it does not close it), is used
+                        // only while the handle is locked as here, and is dropped, finalizing
+                        // its statements, before the driver closes the connection (see
+                        // `WritingSlot`).
+                        #[allow(
+                            unsafe_code,
+                            reason = "borrowing the driver's open SQLite connection"
+                        )]
+                        let conn = unsafe {
+                            rusqlite::Connection::from_handle(handle.as_raw_handle().as_ptr())
+                        }?;
+                        conn.set_prepared_statement_cache_capacity(DIRECT_STATEMENT_CACHE_CAPACITY);
+                        direct.insert(conn)
+                    }
+                };
+                let ran = hold.run(|| run(conn));
+                drop(handle);
+                ran
+            }
+        }
+    }
+
+    /// Whether this is the writing connection, whose statements through SQLite's C API stay
+    /// prepared (see [`Self::on_direct_connection`]).
+    pub(crate) fn keeps_direct_statements(&self) -> bool {
+        matches!(self.connection, TxConnection::Writing(_))
+    }
+}
+
+/// How long a call through SQLite's C API holds the thread it runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hold {
+    /// A few statements of a few rows (a commit group of single entries): run like any other
+    /// short step of a task. Handing the thread's other tasks to another thread first cost a
+    /// commit group more than its statements (see docs/PERFORMANCE.md).
+    Brief,
+    /// Thousands of rows: the runtime's other tasks move to another thread meanwhile.
+    Long,
+}
+
+/// Rows up to which a write holds its thread only briefly.
+const BRIEF_ROWS_MAX: usize = 256;
+
+impl Hold {
+    /// How long reading or writing about `rows` rows holds the thread.
+    pub(crate) fn for_rows(rows: usize) -> Self {
+        if rows <= BRIEF_ROWS_MAX {
+            Self::Brief
+        } else {
+            Self::Long
+        }
+    }
+
+    fn run<T>(self, run: impl FnOnce() -> T) -> T {
+        let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread;
+        if self == Self::Long && multi_thread {
+            tokio::task::block_in_place(run)
+        } else {
+            run()
         }
     }
 }
@@ -328,7 +465,9 @@ impl std::ops::Deref for SqliteTx {
     fn deref(&self) -> &Self::Target {
         match &self.connection {
             TxConnection::Reading(tx) => tx,
-            TxConnection::Writing(tx) => tx.lent.as_ref().expect("lent connections are open"),
+            TxConnection::Writing(tx) => {
+                tx.lent.driver.as_ref().expect("lent connections are open")
+            }
         }
     }
 }
@@ -1170,7 +1309,25 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_writing_connection_that_lost_its_transaction_is_replaced() {
+        use rows::{Value, Write};
+        let currency = |code| {
+            Write::insert(
+                "INSERT INTO currencies (code, name, minor_units)",
+                3,
+                vec![
+                    Value::Text(Some(code)),
+                    Value::Text(Some("Test")),
+                    Value::Int(Some(2)),
+                ],
+            )
+        };
         let (_dir, db) = fresh_sqlite().await;
+        // Written through SQLite's C API, whose statement then stays prepared on the connection.
+        let mut tx = db.begin_write().await.expect("a transaction");
+        rows::write(&mut tx, &[currency("XTS")])
+            .await
+            .expect("written");
+        tx.commit().await.expect("committed");
         let mut tx = db.begin_write().await.expect("a transaction");
         // SQLite ends the transaction behind the driver's back, as it does on a full disk;
         // the driver's ROLLBACK when `tx` is dropped then fails.
@@ -1178,23 +1335,23 @@ mod tests {
             sqlx::query("ROLLBACK").execute(&mut *conn).await.expect("rolled back");
         });
         drop(tx);
+        // The new connection prepares its own statements: the old ones were finalized before
+        // the old connection closed (SQLite refuses to close it otherwise).
         let mut tx = db.begin_write().await.expect("a new writing connection");
-        on_conn!(&mut tx, conn => {
-            sqlx::query("INSERT INTO currencies (code, name, minor_units) VALUES ('XTS', 'Test', 2)")
-                .execute(&mut *conn)
-                .await
-                .expect("written");
-        });
+        rows::write(&mut tx, &[currency("XTT")])
+            .await
+            .expect("written");
         tx.commit().await.expect("committed");
         let mut tx = db.begin_read().await.expect("a read");
         let found = on_conn!(&mut tx, conn => {
-            let row = sqlx::query("SELECT name FROM currencies WHERE code = 'XTS'")
-                .fetch_one(&mut *conn)
+            sqlx::query_scalar::<_, String>("SELECT code FROM currencies WHERE name = 'Test' ORDER BY code")
+                .fetch_all(&mut *conn)
                 .await
-                .expect("found");
-            Row::text(&row, "name").expect("a name")
+                .expect("found")
         });
-        assert_eq!(found, "Test");
+        assert_eq!(found, ["XTS", "XTT"]);
+        drop(tx);
+        db.close().await;
     }
 
     /// CHECK constraints of the form `x IN (a, b, c …)` in the SQLite schema: SQLite fills a

@@ -1,13 +1,13 @@
 //! Many rows written at once: a commit group's ledger entries, lines and balances, and their
 //! audit records.
 //!
-//! Large writes on SQLite go straight through SQLite's C API on the writing connection, borrowed
-//! from the driver for the duration: one prepared single-row statement per table, bound and
-//! stepped for each row. Through the driver a multi-row statement is thousands of parameters
-//! boxed, copied, cleared and bound again; for a large import that was a fifth of the writer's
-//! time. A few rows (a commit group of single entries) cost less through the driver, whose
-//! prepared statements outlive the call: there, and always on PostgreSQL, the rows go as
-//! multi-row statements, each bound while the one before it runs.
+//! Writes on SQLite go straight through SQLite's C API on the writing connection, borrowed from
+//! the driver for the duration: one single-row statement per table, kept prepared from one
+//! transaction to the next, bound and stepped for each row. Through the driver a multi-row
+//! statement is thousands of parameters boxed, copied, cleared and bound again (for a large
+//! import that was a fifth of the writer's time), and each statement is a round trip to the
+//! driver's thread (for a commit group of a few entries, most of the writer's time). On
+//! PostgreSQL the rows go as multi-row statements, each bound while the one before it runs.
 //!
 //! A large write can also be produced while it is written ([`write_produced`]): the rows of the
 //! next table are built on a second thread while SQLite inserts those of the one before, so
@@ -15,7 +15,7 @@
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 
-use super::{Backend, SqlDate, Tx};
+use super::{Backend, Hold, SqlDate, SqliteTx, Tx};
 use crate::on_conn;
 
 /// A value of a row, typed the way both backends store it.
@@ -53,10 +53,14 @@ pub enum Write<'a> {
     },
 }
 
-/// Rows in one call from which SQLite is written directly rather than through the driver:
-/// below this, preparing the statements again for each call costs more than the driver's
-/// round trips.
+/// Rows in one call from which SQLite is written directly even outside the writing connection,
+/// whose statements do not stay prepared: below this, preparing the statements again for each
+/// call costs more than the driver's round trips.
 const DIRECT_ROWS_MIN: usize = 1_000;
+
+/// Rows in one call from which they are built on a second thread while they are written:
+/// below this, starting the thread costs more than it saves.
+const PRODUCED_ALONGSIDE_ROWS_MIN: usize = 1_000;
 
 impl<'a> Write<'a> {
     /// Plain inserts: `insert` (`INSERT INTO table (columns…)`) with `columns` values per row.
@@ -81,17 +85,30 @@ impl<'a> Write<'a> {
 
 /// Whether `rows` rows written in `tx` go straight through SQLite's C API (see the module's
 /// documentation).
-pub fn is_direct(tx: &Tx, rows: usize) -> bool {
-    matches!(tx, Tx::Sqlite(_)) && rows >= DIRECT_ROWS_MIN
+fn is_direct(tx: &SqliteTx, rows: usize) -> bool {
+    tx.keeps_direct_statements() || rows >= DIRECT_ROWS_MIN
 }
 
-/// Runs `writes` in order in the transaction. A failing statement leaves the transaction
-/// usable on SQLite (only that statement is undone); on PostgreSQL the transaction is aborted.
+/// Whether [`write_produced`] builds `rows` rows written in `tx` on a second thread while it
+/// writes them.
+pub fn is_produced_alongside(tx: &Tx, rows: usize) -> bool {
+    matches!(tx, Tx::Sqlite(tx) if produced_alongside(tx, rows))
+}
+
+fn produced_alongside(tx: &SqliteTx, rows: usize) -> bool {
+    rows >= PRODUCED_ALONGSIDE_ROWS_MIN && is_direct(tx, rows)
+}
+
+/// Runs `writes` in order in the transaction. A failing write leaves the transaction usable on
+/// SQLite: SQLite undoes the failing statement, but the rows written before it stay (written
+/// directly, each row is a statement of its own), so the caller rolls back unless it knows
+/// that the failure comes first (as with a taken audit sequence number). On PostgreSQL the
+/// transaction is aborted.
 pub async fn write(tx: &mut Tx, writes: &[Write<'_>]) -> anyhow::Result<()> {
     let rows: usize = writes.iter().map(Write::rows).sum();
     match tx {
-        Tx::Sqlite(tx) if rows >= DIRECT_ROWS_MIN => {
-            tx.on_direct_connection(|conn| sqlite_write(conn, writes))
+        Tx::Sqlite(tx) if is_direct(tx, rows) => {
+            tx.on_direct_connection(Hold::for_rows(rows), |conn| sqlite_write(conn, writes))
                 .await
         }
         _ => driver_write(tx, writes).await,
@@ -99,41 +116,42 @@ pub async fn write(tx: &mut Tx, writes: &[Write<'_>]) -> anyhow::Result<()> {
 }
 
 /// Runs, in order, the writes `produce` hands to its argument, and returns what `produce`
-/// returns. `rows` is about how many rows they hold: when they go straight through SQLite's C
-/// API, `produce` runs on a thread of its own and each write runs as soon as it is handed over,
-/// while the next is being built. Otherwise `produce` runs first and its writes then go as
-/// [`write`] sends them. A failing write fails the whole call; the transaction is then as
-/// [`write`] leaves it.
+/// returns. `rows` is about how many rows they hold: when they are produced alongside
+/// ([`is_produced_alongside`]), `produce` runs on a thread of its own and each write runs as
+/// soon as it is handed over, while the next is being built. Otherwise `produce` runs first and
+/// its writes then go as [`write`] sends them. A failing write fails the whole call; the
+/// transaction is then as [`write`] leaves it.
 pub async fn write_produced<'a, T, P>(tx: &mut Tx, rows: usize, produce: P) -> anyhow::Result<T>
 where
     T: Send,
     P: FnOnce(&mut dyn FnMut(Write<'a>)) -> T + Send,
 {
     match tx {
-        Tx::Sqlite(tx) if rows >= DIRECT_ROWS_MIN => {
-            tx.on_direct_connection(|conn| {
-                std::thread::scope(|scope| {
-                    let (sender, receiver) = std::sync::mpsc::channel();
-                    let producer = scope.spawn(move || {
-                        // A write the consumer no longer takes (it failed) is dropped.
-                        produce(&mut |write| drop(sender.send(write)))
-                    });
-                    let written = receiver
-                        .iter()
-                        .try_for_each(|write| sqlite_write(conn, std::slice::from_ref(&write)));
-                    drop(receiver);
-                    let produced = producer
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                    written.map(|()| produced)
+        Tx::Sqlite(sqlite) if produced_alongside(sqlite, rows) => {
+            sqlite
+                .on_direct_connection(Hold::Long, |conn| {
+                    std::thread::scope(|scope| {
+                        let (sender, receiver) = std::sync::mpsc::channel();
+                        let producer = scope.spawn(move || {
+                            // A write the consumer no longer takes (it failed) is dropped.
+                            produce(&mut |write| drop(sender.send(write)))
+                        });
+                        let written = receiver
+                            .iter()
+                            .try_for_each(|write| sqlite_write(conn, std::slice::from_ref(&write)));
+                        drop(receiver);
+                        let produced = producer
+                            .join()
+                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                        written.map(|()| produced)
+                    })
                 })
-            })
-            .await
+                .await
         }
         _ => {
             let mut writes = Vec::new();
             let produced = produce(&mut |write| writes.push(write));
-            driver_write(tx, &writes).await?;
+            write(tx, &writes).await?;
             Ok(produced)
         }
     }

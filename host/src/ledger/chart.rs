@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use super::model::{ACCOUNT_NAME_CHARS_MAX, AccountCode, AccountType};
 use crate::company::Company;
 use crate::currency;
-use crate::db::{ByPlace, Param, Tx, UniqueConstraint};
+use crate::db::{ByPlace, Hold, Param, Tx, UniqueConstraint};
 use crate::error::{Error, FieldError, Result};
 use crate::on_conn;
 
@@ -126,7 +126,7 @@ fn by_place(row: &impl ByPlace) -> anyhow::Result<Account> {
 pub async fn list(tx: &mut Tx, company: &Company) -> Result<Vec<Account>> {
     if let Tx::Sqlite(sqlite) = tx {
         return Ok(sqlite
-            .on_direct_connection(|conn| list_on(conn, company))
+            .on_direct_connection(Hold::Long, |conn| list_on(conn, company))
             .await?);
     }
     let sql = format!("{SELECT_ACCOUNT} WHERE a.company_id = $1");

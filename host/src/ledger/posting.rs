@@ -711,7 +711,7 @@ async fn write_entries<'a>(
     // A large write chains the audit records with the rows, on the producing thread, after the
     // head read here (exact: the transaction holds SQLite's write lock). A small one leaves
     // them to `audit::append_many`, which starts from the head the process already knows.
-    let audit_head = if audit == Audit::Append && rows::is_direct(tx, rows) {
+    let audit_head = if audit == Audit::Append && rows::is_produced_alongside(tx, rows) {
         Some(audit::read_head(tx).await?)
     } else {
         None

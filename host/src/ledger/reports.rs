@@ -15,7 +15,7 @@ use super::model::{
 };
 use crate::company::Company;
 use crate::currency;
-use crate::db::{Param, Row, SqlDate, Tx};
+use crate::db::{Hold, Param, Row, SqlDate, Tx};
 use crate::error::{Error, Result};
 use crate::on_conn;
 
@@ -90,7 +90,7 @@ pub async fn activity(
         // One call on the connection: each statement through the driver is a round trip
         // between threads, about what reading a period's rows costs.
         return Ok(sqlite
-            .on_direct_connection(|conn| query.read_on(conn, from, to))
+            .on_direct_connection(Hold::Long, |conn| query.read_on(conn, from, to))
             .await?);
     }
     // The totals include closing entries, so they serve only sums that include them too.
@@ -135,7 +135,7 @@ pub async fn activity_and_chart(
             closing,
         };
         return Ok(sqlite
-            .on_direct_connection(|conn| {
+            .on_direct_connection(Hold::Long, |conn| {
                 Ok((
                     query.read_on(conn, from, to)?,
                     chart::list_on(conn, company)?,
