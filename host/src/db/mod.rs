@@ -410,9 +410,9 @@ impl SqliteTx {
         }
     }
 
-    /// Whether this is the writing connection, whose statements through SQLite's C API stay
-    /// prepared (see [`Self::on_direct_connection`]).
-    pub(crate) fn keeps_direct_statements(&self) -> bool {
+    /// Whether this transaction is on the writing connection, whose statements through
+    /// SQLite's C API stay prepared (see [`Self::on_direct_connection`]).
+    pub(crate) fn is_writing(&self) -> bool {
         matches!(self.connection, TxConnection::Writing(_))
     }
 }

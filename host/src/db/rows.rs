@@ -53,11 +53,6 @@ pub enum Write<'a> {
     },
 }
 
-/// Rows in one call from which SQLite is written directly even outside the writing connection,
-/// whose statements do not stay prepared: below this, preparing the statements again for each
-/// call costs more than the driver's round trips.
-const DIRECT_ROWS_MIN: usize = 1_000;
-
 /// Rows in one call from which they are built on a second thread while they are written:
 /// below this, starting the thread costs more than it saves.
 const PRODUCED_ALONGSIDE_ROWS_MIN: usize = 1_000;
@@ -83,10 +78,11 @@ impl<'a> Write<'a> {
     }
 }
 
-/// Whether `rows` rows written in `tx` go straight through SQLite's C API (see the module's
-/// documentation).
-fn is_direct(tx: &SqliteTx, rows: usize) -> bool {
-    tx.keeps_direct_statements() || rows >= DIRECT_ROWS_MIN
+/// Whether writes in `tx` go straight through SQLite's C API: those on the writing connection
+/// (see the module's documentation). The host writes in no other transaction on SQLite; were
+/// it to, the driver would do.
+fn is_direct(tx: &SqliteTx) -> bool {
+    tx.is_writing()
 }
 
 /// Whether [`write_produced`] builds `rows` rows written in `tx` on a second thread while it
@@ -96,7 +92,7 @@ pub fn is_produced_alongside(tx: &Tx, rows: usize) -> bool {
 }
 
 fn produced_alongside(tx: &SqliteTx, rows: usize) -> bool {
-    rows >= PRODUCED_ALONGSIDE_ROWS_MIN && is_direct(tx, rows)
+    rows >= PRODUCED_ALONGSIDE_ROWS_MIN && is_direct(tx)
 }
 
 /// Runs `writes` in order in the transaction. A failing write leaves the transaction usable on
@@ -107,7 +103,7 @@ fn produced_alongside(tx: &SqliteTx, rows: usize) -> bool {
 pub async fn write(tx: &mut Tx, writes: &[Write<'_>]) -> anyhow::Result<()> {
     let rows: usize = writes.iter().map(Write::rows).sum();
     match tx {
-        Tx::Sqlite(tx) if is_direct(tx, rows) => {
+        Tx::Sqlite(tx) if is_direct(tx) => {
             tx.on_direct_connection(Hold::for_rows(rows), |conn| sqlite_write(conn, writes))
                 .await
         }
