@@ -428,21 +428,7 @@ pub(crate) enum Hold {
     Long,
 }
 
-/// Rows below which a write holds its thread only briefly (about a millisecond at most): the
-/// commit groups of up to 64 concurrent single entries, measured. 256 sent the larger groups of
-/// 32 clients to `block_in_place` and their gain was lost.
-const BRIEF_ROWS_MAX: usize = 1_000;
-
 impl Hold {
-    /// How long reading or writing about `rows` rows holds the thread.
-    pub(crate) fn for_rows(rows: usize) -> Self {
-        if rows < BRIEF_ROWS_MAX {
-            Self::Brief
-        } else {
-            Self::Long
-        }
-    }
-
     fn run<T>(self, run: impl FnOnce() -> T) -> T {
         let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
             == tokio::runtime::RuntimeFlavor::MultiThread;
@@ -1112,28 +1098,34 @@ macro_rules! impl_row {
 impl_row!(sqlx::sqlite::SqliteRow);
 impl_row!(sqlx::postgres::PgRow);
 
+/// Column `place` of a driver's row, decoded.
+fn at_place<'r, R, T>(row: &'r R, place: usize) -> anyhow::Result<T>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    T: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    row.try_get(place)
+        .with_context(|| format!("column {place}"))
+}
+
 macro_rules! impl_by_place {
     ($row:ty) => {
         impl ByPlace for $row {
             fn int(&self, place: usize) -> anyhow::Result<i64> {
-                self.try_get(place)
-                    .with_context(|| format!("column {place}"))
+                at_place(self, place)
             }
             fn opt_int(&self, place: usize) -> anyhow::Result<Option<i64>> {
-                self.try_get(place)
-                    .with_context(|| format!("column {place}"))
+                at_place(self, place)
             }
             fn text(&self, place: usize) -> anyhow::Result<String> {
-                self.try_get(place)
-                    .with_context(|| format!("column {place}"))
+                at_place(self, place)
             }
             fn opt_text(&self, place: usize) -> anyhow::Result<Option<String>> {
-                self.try_get(place)
-                    .with_context(|| format!("column {place}"))
+                at_place(self, place)
             }
             fn flag(&self, place: usize) -> anyhow::Result<bool> {
-                self.try_get(place)
-                    .with_context(|| format!("column {place}"))
+                at_place(self, place)
             }
         }
     };

@@ -53,9 +53,22 @@ pub enum Write<'a> {
     },
 }
 
-/// Rows in one call from which they are built on a second thread while they are written:
-/// below this, starting the thread costs more than it saves.
-const PRODUCED_ALONGSIDE_ROWS_MIN: usize = 1_000;
+/// Rows in one call from which a write is large (an import). A large write is built on a
+/// second thread while it is written, and the runtime moves its other tasks off the writing
+/// thread first ([`Hold::Long`]). A smaller one, up to the commit groups of 64 concurrent single
+/// entries (about a millisecond of SQLite's work), is built first, as starting the thread
+/// would cost more, and runs as a short step of its task: with a limit of 256 rows the larger
+/// groups of 32 clients went to `block_in_place` and measured no better than before.
+const LARGE_WRITE_ROWS_MIN: usize = 1_000;
+
+/// How long writing `rows` rows directly holds its thread.
+fn hold_for(rows: usize) -> Hold {
+    if rows >= LARGE_WRITE_ROWS_MIN {
+        Hold::Long
+    } else {
+        Hold::Brief
+    }
+}
 
 impl<'a> Write<'a> {
     /// Plain inserts: `insert` (`INSERT INTO table (columns…)`) with `columns` values per row.
@@ -92,7 +105,7 @@ pub fn is_produced_alongside(tx: &Tx, rows: usize) -> bool {
 }
 
 fn produced_alongside(tx: &SqliteTx, rows: usize) -> bool {
-    rows >= PRODUCED_ALONGSIDE_ROWS_MIN && is_direct(tx)
+    rows >= LARGE_WRITE_ROWS_MIN && is_direct(tx)
 }
 
 /// Runs `writes` in order in the transaction. A failing write leaves the transaction usable on
@@ -104,7 +117,7 @@ pub async fn write(tx: &mut Tx, writes: &[Write<'_>]) -> anyhow::Result<()> {
     let rows: usize = writes.iter().map(Write::rows).sum();
     match tx {
         Tx::Sqlite(tx) if is_direct(tx) => {
-            tx.on_direct_connection(Hold::for_rows(rows), |conn| sqlite_write(conn, writes))
+            tx.on_direct_connection(hold_for(rows), |conn| sqlite_write(conn, writes))
                 .await
         }
         _ => driver_write(tx, writes).await,
